@@ -1,0 +1,87 @@
+//! [`App`]: the shared state of one server, behind one `Arc`. Every connection's link and
+//! every HTTP handler reads it; nothing in it is held across an `.await` under a lock.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::dedupe::Dedupe;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::presence::PresenceManager;
+use crate::store::Store;
+use crate::store::writer::Writer;
+use crate::typing::TypingTracker;
+
+/// Shared state of one server.
+pub struct App {
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// Token verifier.
+    pub auth: Authenticator,
+    /// Database.
+    pub store: Store,
+    /// Write-behind queue.
+    pub writer: Writer,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Presence state.
+    pub presence: Arc<dyn PresenceManager>,
+    /// Typing state.
+    pub typing: Arc<dyn TypingTracker>,
+    /// Broadcasts.
+    pub fanout: Arc<dyn Fanout>,
+    /// `clientMessageId` memory.
+    pub dedupe: Dedupe,
+    /// New connections per minute per IP (None when disabled).
+    pub ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Connection slots in use (admitted, not yet cleaned up).
+    pub slots: AtomicUsize,
+    /// Cancelled when the server starts draining.
+    pub draining: CancellationToken,
+    /// This instance's id (connection rows carry it).
+    pub node_id: String,
+    /// Start time.
+    pub started: Instant,
+}
+
+impl App {
+    /// Builds the per-IP connection limiter of `REALTIME_RATE_LIMIT` (0 disables it).
+    pub fn ip_limiter(per_minute: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
+        NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
+    }
+
+    /// Takes a connection slot, or None at `REALTIME_MAX_CONNECTIONS`.
+    pub fn acquire_slot(self: &Arc<Self>) -> Option<Slot> {
+        let max = self.config.max_connections;
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot { app: self.clone() })
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+}
+
+/// A held connection slot; dropping it frees the slot.
+pub struct Slot {
+    app: Arc<App>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.app.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,578 @@
+//! Configuration: environment variables (and a `.env` file) -> a typed [`Config`].
+//!
+//! Every variable of the original plugin's `.env.example` is read here, plus the ones this
+//! server adds. Parsing is strict: an invalid value is an error that names the variable, so a
+//! typo fails at start instead of silently falling back to a default.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration error; the message always names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The value could not be parsed.
+    #[error("invalid value for {var}: {value:?} ({expected})")]
+    Invalid {
+        /// Variable name.
+        var: &'static str,
+        /// The value found.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A combination of values is not allowed.
+    #[error("{var}: {reason}")]
+    Rule {
+        /// Variable name.
+        var: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Which JWT algorithm family verifies tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC SHA-256 (the default, with `REALTIME_JWT_SECRET`).
+    Hs256,
+    /// HMAC SHA-384.
+    Hs384,
+    /// HMAC SHA-512.
+    Hs512,
+    /// RSA PKCS#1 v1.5 SHA-256 (with `REALTIME_JWT_PUBLIC_KEY`).
+    Rs256,
+    /// ECDSA P-256 SHA-256 (with `REALTIME_JWT_PUBLIC_KEY`).
+    Es256,
+}
+
+/// Who receives `presence:changed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceScope {
+    /// Every connected socket (the original's behaviour).
+    All,
+    /// Only sockets sharing a room with the user.
+    Rooms,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which events the audit log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventLogFilter {
+    /// Every event (`*`).
+    All,
+    /// Only the named event types (`connect`, `disconnect`, `error`, `message:send`, ...).
+    Only(Vec<String>),
+}
+
+impl EventLogFilter {
+    /// Whether an event type is logged (exact match, unlike the original's substring test).
+    pub fn includes(&self, event_type: &str) -> bool {
+        match self {
+            EventLogFilter::All => true,
+            EventLogFilter::Only(list) => list.iter().any(|e| e == event_type),
+        }
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `REALTIME_HOST` (default 0.0.0.0).
+    pub host: IpAddr,
+    /// `REALTIME_PORT` (default 3101).
+    pub port: u16,
+    /// `REALTIME_CORS_ORIGIN`: allowed origins; empty or `*` allows all.
+    pub cors_origins: Vec<String>,
+    /// `REALTIME_REDIS_URL` (optional; fan-out in-process when unset).
+    pub redis_url: Option<String>,
+    /// `DATABASE_URL`, or built from `POSTGRES_*` when those are set, else embedded SQLite.
+    pub database_url: String,
+    /// `REALTIME_MAX_CONNECTIONS` per instance (default 10000).
+    pub max_connections: usize,
+    /// `REALTIME_RATE_LIMIT` new connections per minute per IP (default 100, 0 disables).
+    pub connection_rate_per_minute: u32,
+    /// `REALTIME_PING_INTERVAL` (ms, default 25000).
+    pub ping_interval: Duration,
+    /// `REALTIME_PING_TIMEOUT` (ms, default 60000).
+    pub ping_timeout: Duration,
+    /// `REALTIME_MAX_PAYLOAD_BYTES` (default 1 MB).
+    pub max_payload_bytes: u64,
+    /// `REALTIME_CONNECT_TIMEOUT` (ms, default 10000).
+    pub connect_timeout: Duration,
+    /// `REALTIME_SEND_BUFFER` packets buffered per socket before it is cut off (default 1024).
+    pub send_buffer: usize,
+    /// `REALTIME_JWT_SECRET`.
+    pub jwt_secret: Option<String>,
+    /// `REALTIME_JWT_PUBLIC_KEY` (PEM).
+    pub jwt_public_key: Option<String>,
+    /// `REALTIME_JWT_ALGORITHM`.
+    pub jwt_algorithm: JwtAlgorithm,
+    /// `REALTIME_JWT_LEEWAY_SECONDS` (default 30).
+    pub jwt_leeway_seconds: u64,
+    /// `REALTIME_JWT_ISSUER`.
+    pub jwt_issuer: Option<String>,
+    /// `REALTIME_JWT_AUDIENCE`.
+    pub jwt_audience: Option<String>,
+    /// `REALTIME_ALLOW_ANONYMOUS` (default false).
+    pub allow_anonymous: bool,
+    /// `REALTIME_ENV=production` or `NODE_ENV=production`.
+    pub production: bool,
+    /// `REALTIME_ENABLE_PRESENCE` (default true).
+    pub enable_presence: bool,
+    /// `REALTIME_ENABLE_TYPING` (default true).
+    pub enable_typing: bool,
+    /// `REALTIME_TYPING_TIMEOUT` (ms, default 3000).
+    pub typing_timeout: Duration,
+    /// `REALTIME_PRESENCE_HEARTBEAT` (ms, default 30000): how often live users' heartbeat is persisted.
+    pub presence_heartbeat: Duration,
+    /// `REALTIME_PRESENCE_SCOPE` (all|rooms, default all).
+    pub presence_scope: PresenceScope,
+    /// `REALTIME_ENABLE_COMPRESSION` (default true). Accepted for compatibility; see README.
+    pub enable_compression: bool,
+    /// `REALTIME_BATCH_SIZE` (default 100): rows per write-behind transaction.
+    pub batch_size: usize,
+    /// `REALTIME_WRITE_QUEUE` (default 100000): write-behind queue bound.
+    pub write_queue: usize,
+    /// `REALTIME_MAX_MESSAGE_LENGTH` (default 5000 characters).
+    pub max_message_length: usize,
+    /// `REALTIME_EVENT_RATE` events per second per socket (default 50).
+    pub event_rate: u32,
+    /// `REALTIME_EVENT_BURST` (default 100).
+    pub event_burst: u32,
+    /// `REALTIME_LOG_EVENTS` (default true).
+    pub log_events: bool,
+    /// `REALTIME_LOG_EVENT_TYPES` (default connect,disconnect,error).
+    pub log_event_types: EventLogFilter,
+    /// `REALTIME_EVENT_RETENTION_DAYS` (default 30).
+    pub event_retention_days: u32,
+    /// `REALTIME_SHUTDOWN_TIMEOUT` (ms, default 30000).
+    pub shutdown_timeout: Duration,
+    /// `REALTIME_ENABLE_HEALTH` (default true).
+    pub enable_health: bool,
+    /// `REALTIME_HEALTH_PATH` (default /health).
+    pub health_path: String,
+    /// `REALTIME_ENABLE_METRICS` (default true).
+    pub enable_metrics: bool,
+    /// `REALTIME_METRICS_PATH` (default /metrics).
+    pub metrics_path: String,
+    /// `REALTIME_PLUGINS_DIR` (default ./plugins).
+    pub plugins_dir: PathBuf,
+    /// `LOG_LEVEL` (default info).
+    pub log_level: String,
+    /// `LOG_FORMAT` (default pretty; json when production).
+    pub log_format: LogFormat,
+}
+
+/// Reads variables from a lookup function, so tests can pass a map instead of the environment.
+struct Vars<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Vars<'_> {
+    fn raw(&self, var: &str) -> Option<String> {
+        (self.get)(var)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.raw(var).unwrap_or_else(|| default.to_string())
+    }
+
+    fn bool(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(invalid(var, v, "true or false")),
+            },
+        }
+    }
+
+    fn num<T: std::str::FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError> {
+        match self.raw(var) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<T>()
+                .map_err(|_| invalid(var, v, "a non-negative integer")),
+        }
+    }
+
+    fn positive<T: std::str::FromStr + PartialOrd + Default>(
+        &self,
+        var: &'static str,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let v = self.num(var, default)?;
+        if v <= T::default() {
+            return Err(invalid(
+                var,
+                self.raw(var).unwrap_or_default(),
+                "an integer greater than 0",
+            ));
+        }
+        Ok(v)
+    }
+
+    fn millis(&self, var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Ok(Duration::from_millis(self.positive(var, default)?))
+    }
+
+    fn path(&self, var: &'static str) -> Result<String, ConfigError> {
+        let p = self.string(
+            var,
+            if var.contains("HEALTH") {
+                "/health"
+            } else {
+                "/metrics"
+            },
+        );
+        if !p.starts_with('/') || p.len() < 2 || p.contains(char::is_whitespace) {
+            return Err(invalid(var, p, "a path starting with /"));
+        }
+        Ok(p)
+    }
+}
+
+fn invalid(var: &'static str, value: String, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value,
+        expected,
+    }
+}
+
+impl Config {
+    /// Loads `.env` (if present in the working directory) then reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        // A missing .env is normal; a malformed one is reported but not fatal to match dotenv.
+        if let Err(e) = dotenvy::dotenv()
+            && !e.not_found()
+        {
+            tracing::warn!(error = %e, "could not read .env");
+        }
+        Config::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    /// Builds a configuration from a map of variables (tests, embedding).
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Config::from_lookup(&|k| map.get(k).cloned())
+    }
+
+    /// Builds a configuration from any variable lookup.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let v = Vars { get };
+        let host_raw = v.string("REALTIME_HOST", "0.0.0.0");
+        let host = host_raw
+            .parse::<IpAddr>()
+            .map_err(|_| invalid("REALTIME_HOST", host_raw, "an IP address"))?;
+        let production = v
+            .raw("REALTIME_ENV")
+            .or_else(|| v.raw("NODE_ENV"))
+            .is_some_and(|e| e.eq_ignore_ascii_case("production"));
+        let jwt_algorithm = parse_algorithm(&v)?;
+        let jwt_secret = v.raw("REALTIME_JWT_SECRET");
+        let jwt_public_key = v.raw("REALTIME_JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
+        check_auth_rules(production, jwt_algorithm, &jwt_secret, &jwt_public_key)?;
+        let log_format = match v.raw("LOG_FORMAT").map(|s| s.to_ascii_lowercase()) {
+            None if production => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some(s) if s == "pretty" => LogFormat::Pretty,
+            Some(s) if s == "json" => LogFormat::Json,
+            Some(s) => return Err(invalid("LOG_FORMAT", s, "pretty or json")),
+        };
+        let log_level = v.string("LOG_LEVEL", "info").to_ascii_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&log_level.as_str()) {
+            return Err(invalid(
+                "LOG_LEVEL",
+                log_level,
+                "trace, debug, info, warn or error",
+            ));
+        }
+        let presence_scope = match v.string("REALTIME_PRESENCE_SCOPE", "all").as_str() {
+            "all" => PresenceScope::All,
+            "rooms" => PresenceScope::Rooms,
+            other => {
+                return Err(invalid(
+                    "REALTIME_PRESENCE_SCOPE",
+                    other.into(),
+                    "all or rooms",
+                ));
+            }
+        };
+        let event_burst = v.positive("REALTIME_EVENT_BURST", 100u32)?;
+        Ok(Config {
+            host,
+            port: v.num("REALTIME_PORT", 3101u16)?,
+            cors_origins: v
+                .string("REALTIME_CORS_ORIGIN", "*")
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('/').to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            redis_url: v.raw("REALTIME_REDIS_URL"),
+            database_url: database_url(&v)?,
+            max_connections: v.positive("REALTIME_MAX_CONNECTIONS", 10_000usize)?,
+            connection_rate_per_minute: v.num("REALTIME_RATE_LIMIT", 100u32)?,
+            ping_interval: v.millis("REALTIME_PING_INTERVAL", 25_000)?,
+            ping_timeout: v.millis("REALTIME_PING_TIMEOUT", 60_000)?,
+            max_payload_bytes: v.positive("REALTIME_MAX_PAYLOAD_BYTES", 1_000_000u64)?,
+            connect_timeout: v.millis("REALTIME_CONNECT_TIMEOUT", 10_000)?,
+            send_buffer: v.positive("REALTIME_SEND_BUFFER", 1024usize)?,
+            jwt_secret,
+            jwt_public_key,
+            jwt_algorithm,
+            jwt_leeway_seconds: v.num("REALTIME_JWT_LEEWAY_SECONDS", 30u64)?,
+            jwt_issuer: v.raw("REALTIME_JWT_ISSUER"),
+            jwt_audience: v.raw("REALTIME_JWT_AUDIENCE"),
+            allow_anonymous: v.bool("REALTIME_ALLOW_ANONYMOUS", false)?,
+            production,
+            enable_presence: v.bool("REALTIME_ENABLE_PRESENCE", true)?,
+            enable_typing: v.bool("REALTIME_ENABLE_TYPING", true)?,
+            typing_timeout: v.millis("REALTIME_TYPING_TIMEOUT", 3000)?,
+            presence_heartbeat: v.millis("REALTIME_PRESENCE_HEARTBEAT", 30_000)?,
+            presence_scope,
+            enable_compression: v.bool("REALTIME_ENABLE_COMPRESSION", true)?,
+            batch_size: v.positive("REALTIME_BATCH_SIZE", 100usize)?,
+            write_queue: v.positive("REALTIME_WRITE_QUEUE", 100_000usize)?,
+            max_message_length: v.positive("REALTIME_MAX_MESSAGE_LENGTH", 5000usize)?,
+            event_rate: v.positive("REALTIME_EVENT_RATE", 50u32)?,
+            event_burst,
+            log_events: v.bool("REALTIME_LOG_EVENTS", true)?,
+            log_event_types: parse_event_types(&v.string(
+                "REALTIME_LOG_EVENT_TYPES",
+                "connect,disconnect,error",
+            )),
+            event_retention_days: v.positive("REALTIME_EVENT_RETENTION_DAYS", 30u32)?,
+            shutdown_timeout: v.millis("REALTIME_SHUTDOWN_TIMEOUT", 30_000)?,
+            enable_health: v.bool("REALTIME_ENABLE_HEALTH", true)?,
+            health_path: v.path("REALTIME_HEALTH_PATH")?,
+            enable_metrics: v.bool("REALTIME_ENABLE_METRICS", true)?,
+            metrics_path: v.path("REALTIME_METRICS_PATH")?,
+            plugins_dir: PathBuf::from(v.string("REALTIME_PLUGINS_DIR", "./plugins")),
+            log_level,
+            log_format,
+        })
+    }
+
+    /// Whether tokens are decoded without verification (no secret and no public key).
+    pub fn insecure_dev_auth(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+    }
+
+    /// Whether any Origin is accepted.
+    pub fn any_origin(&self) -> bool {
+        self.cors_origins.is_empty() || self.cors_origins.iter().any(|o| o == "*")
+    }
+}
+
+fn parse_algorithm(v: &Vars<'_>) -> Result<JwtAlgorithm, ConfigError> {
+    let default = if v.raw("REALTIME_JWT_PUBLIC_KEY").is_some() {
+        "RS256"
+    } else {
+        "HS256"
+    };
+    let raw = v.string("REALTIME_JWT_ALGORITHM", default).to_ascii_uppercase();
+    Ok(match raw.as_str() {
+        "HS256" => JwtAlgorithm::Hs256,
+        "HS384" => JwtAlgorithm::Hs384,
+        "HS512" => JwtAlgorithm::Hs512,
+        "RS256" => JwtAlgorithm::Rs256,
+        "ES256" => JwtAlgorithm::Es256,
+        _ => {
+            return Err(invalid(
+                "REALTIME_JWT_ALGORITHM",
+                raw,
+                "HS256, HS384, HS512, RS256 or ES256",
+            ));
+        }
+    })
+}
+
+fn check_auth_rules(
+    production: bool,
+    alg: JwtAlgorithm,
+    secret: &Option<String>,
+    public_key: &Option<String>,
+) -> Result<(), ConfigError> {
+    let hmac = matches!(
+        alg,
+        JwtAlgorithm::Hs256 | JwtAlgorithm::Hs384 | JwtAlgorithm::Hs512
+    );
+    if production && secret.is_none() && public_key.is_none() {
+        return Err(ConfigError::Rule {
+            var: "REALTIME_JWT_SECRET",
+            reason: "production mode refuses to start without REALTIME_JWT_SECRET or \
+                     REALTIME_JWT_PUBLIC_KEY (tokens would not be verified)"
+                .into(),
+        });
+    }
+    if hmac && secret.is_none() && public_key.is_some() {
+        return Err(ConfigError::Rule {
+            var: "REALTIME_JWT_ALGORITHM",
+            reason: "an HMAC algorithm needs REALTIME_JWT_SECRET; use RS256 or ES256 with a public key"
+                .into(),
+        });
+    }
+    if !hmac && public_key.is_none() {
+        return Err(ConfigError::Rule {
+            var: "REALTIME_JWT_PUBLIC_KEY",
+            reason: "RS256/ES256 need a PEM public key".into(),
+        });
+    }
+    Ok(())
+}
+
+fn parse_event_types(raw: &str) -> EventLogFilter {
+    let list: Vec<String> = raw
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.iter().any(|s| s == "*") {
+        EventLogFilter::All
+    } else {
+        EventLogFilter::Only(list)
+    }
+}
+
+/// `DATABASE_URL`, else a PostgreSQL URL from `POSTGRES_*` when `POSTGRES_HOST` or
+/// `POSTGRES_DB` is set, else the embedded SQLite file.
+fn database_url(v: &Vars<'_>) -> Result<String, ConfigError> {
+    if let Some(url) = v.raw("DATABASE_URL") {
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "DATABASE_URL",
+                url,
+                "a postgres:// or sqlite:// URL",
+            ));
+        }
+        return Ok(url);
+    }
+    if v.raw("POSTGRES_HOST").is_some() || v.raw("POSTGRES_DB").is_some() {
+        let host = v.string("POSTGRES_HOST", "localhost");
+        let port: u16 = v.num("POSTGRES_PORT", 5432u16)?;
+        let db = v.string("POSTGRES_DB", "nself");
+        let user = v.string("POSTGRES_USER", "postgres");
+        let password = v.raw("POSTGRES_PASSWORD").unwrap_or_default();
+        let ssl = if v.bool("POSTGRES_SSL", false)? {
+            "require"
+        } else {
+            "prefer"
+        };
+        let auth = if password.is_empty() {
+            encode(&user)
+        } else {
+            format!("{}:{}", encode(&user), encode(&password))
+        };
+        return Ok(format!(
+            "postgres://{auth}@{host}:{port}/{}?sslmode={ssl}",
+            encode(&db)
+        ));
+    }
+    Ok("sqlite://./data/realtime.db".into())
+}
+
+/// Percent-encodes the characters that would break a URL's user, password or path part.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_map(&map)
+    }
+
+    #[test]
+    fn defaults_are_the_originals() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.port, 3101);
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.ping_interval, Duration::from_millis(25_000));
+        assert_eq!(c.ping_timeout, Duration::from_millis(60_000));
+        assert_eq!(c.typing_timeout, Duration::from_millis(3000));
+        assert_eq!(c.database_url, "sqlite://./data/realtime.db");
+        assert!(c.insecure_dev_auth());
+        assert!(c.log_event_types.includes("connect"));
+        assert!(!c.log_event_types.includes("message:send"));
+        assert!(c.any_origin());
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (var, val) in [
+            ("REALTIME_PORT", "abc"),
+            ("REALTIME_PORT", "70000"),
+            ("REALTIME_MAX_CONNECTIONS", "0"),
+            ("REALTIME_ALLOW_ANONYMOUS", "maybe"),
+            ("REALTIME_TYPING_TIMEOUT", "-5"),
+            ("REALTIME_JWT_ALGORITHM", "none"),
+            ("LOG_LEVEL", "loud"),
+            ("DATABASE_URL", "mysql://x"),
+            ("REALTIME_PRESENCE_SCOPE", "world"),
+        ] {
+            let err = cfg(&[(var, val)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{err} should name {var}");
+        }
+    }
+
+    #[test]
+    fn production_refuses_without_a_key() {
+        let err = cfg(&[("REALTIME_ENV", "production")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REALTIME_JWT_SECRET"));
+        let err = cfg(&[("NODE_ENV", "production")]).unwrap_err().to_string();
+        assert!(err.contains("REALTIME_JWT_SECRET"));
+        assert!(cfg(&[("NODE_ENV", "production"), ("REALTIME_JWT_SECRET", "s")]).is_ok());
+    }
+
+    #[test]
+    fn star_means_all_events() {
+        let c = cfg(&[("REALTIME_LOG_EVENT_TYPES", "connect,*")]).unwrap();
+        assert!(c.log_event_types.includes("message:send"));
+    }
+
+    #[test]
+    fn postgres_variables_build_a_url() {
+        let c = cfg(&[
+            ("POSTGRES_HOST", "db"),
+            ("POSTGRES_USER", "u@x"),
+            ("POSTGRES_PASSWORD", "p:w/"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.database_url,
+            "postgres://u%40x:p%3Aw%2F@db:5432/nself?sslmode=prefer"
+        );
+    }
+}

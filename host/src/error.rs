@@ -1,0 +1,83 @@
+//! The one error a client event can end in: a stable `{code, message, details?}`.
+//!
+//! Details of internal failures go to the log, never to the client.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// Stable error codes (SPEC §5). A policy module may return its own code.
+pub mod code {
+    /// Malformed payload.
+    pub const VALIDATION_ERROR: &str = "VALIDATION_ERROR";
+    /// Room missing or inactive.
+    pub const ROOM_NOT_FOUND: &str = "ROOM_NOT_FOUND";
+    /// Not allowed into (or to post in) the room.
+    pub const ROOM_ACCESS_DENIED: &str = "ROOM_ACCESS_DENIED";
+    /// The room is at `max_members`.
+    pub const ROOM_FULL: &str = "ROOM_FULL";
+    /// The socket has not joined the room.
+    pub const NOT_IN_ROOM: &str = "NOT_IN_ROOM";
+    /// The member is muted.
+    pub const MUTED: &str = "MUTED";
+    /// Too many events.
+    pub const RATE_LIMIT_EXCEEDED: &str = "RATE_LIMIT_EXCEEDED";
+    /// A policy module said no.
+    pub const POLICY_REJECTED: &str = "POLICY_REJECTED";
+    /// The connection's token expired.
+    pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+    /// Anything else (details in the server log).
+    pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
+}
+
+/// An event's failure as the client sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventError {
+    /// Stable upper snake case code.
+    pub code: Cow<'static, str>,
+    /// Human readable message.
+    pub message: Cow<'static, str>,
+    /// Extra structured data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl EventError {
+    /// An error with a code and a message.
+    pub fn new(code: &'static str, message: impl Into<Cow<'static, str>>) -> EventError {
+        EventError {
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Adds details.
+    pub fn with_details(mut self, details: Value) -> EventError {
+        self.details = Some(details);
+        self
+    }
+
+    /// `VALIDATION_ERROR` naming the offending field.
+    pub fn validation(field: &str, problem: &str) -> EventError {
+        EventError::new(code::VALIDATION_ERROR, format!("Invalid {field}: {problem}"))
+            .with_details(json!({ "field": field }))
+    }
+
+    /// `ROOM_NOT_FOUND` with the original's message.
+    pub fn room_not_found() -> EventError {
+        EventError::new(code::ROOM_NOT_FOUND, "Room not found")
+    }
+
+    /// `INTERNAL_ERROR`; the cause is logged here and not sent.
+    pub fn internal(message: &'static str, cause: &dyn std::fmt::Display) -> EventError {
+        tracing::error!(error = %cause, "{message}");
+        EventError::new(code::INTERNAL_ERROR, message)
+    }
+
+    /// The ack body `{success: false, error}`.
+    pub fn ack(&self) -> Value {
+        json!({ "success": false, "error": self })
+    }
+}

@@ -1,0 +1,103 @@
+//! Fan-out: how an event reaches other sockets. [`Fanout`] hides the Socket.IO adapter (local
+//! now, Redis when scaled out) from the pipeline, which stays free of adapter generics.
+
+use async_trait::async_trait;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+
+use crate::rooms::user_room;
+
+/// Broadcasts to rooms and to everyone.
+#[async_trait]
+pub trait Fanout: Send + Sync + 'static {
+    /// Every socket in `room`, minus the sockets of `except_user` when given.
+    async fn room(&self, room: &str, except_user: Option<&str>, event: &'static str, data: &Value);
+    /// Every socket in any of `rooms`.
+    async fn rooms(&self, rooms: Vec<String>, event: &'static str, data: &Value);
+    /// Every connected socket.
+    async fn all(&self, event: &'static str, data: &Value);
+    /// Whether another socket of `user_id` (on this node) is still in `room`.
+    fn user_in_room(&self, user_id: &str, room: &str, except_socket: &str) -> bool;
+    /// Rooms (client-visible) that the sockets of `user_id` on this node are in.
+    fn user_rooms(&self, user_id: &str) -> Vec<String>;
+    /// Whether `name` is the id of a live socket.
+    fn is_socket_id(&self, name: &str) -> bool;
+}
+
+/// [`Fanout`] over a socketioxide instance.
+pub struct SocketIoFanout<A: Adapter> {
+    io: SocketIo<A>,
+}
+
+impl<A: Adapter> SocketIoFanout<A> {
+    /// Wraps the Socket.IO handle.
+    pub fn new(io: SocketIo<A>) -> Self {
+        SocketIoFanout { io }
+    }
+}
+
+fn log_err<E: std::fmt::Display>(event: &str, r: Result<(), E>) {
+    if let Err(e) = r {
+        tracing::debug!(event, error = %e, "broadcast incomplete");
+    }
+}
+
+#[async_trait]
+impl<A: Adapter> Fanout for SocketIoFanout<A> {
+    async fn room(&self, room: &str, except_user: Option<&str>, event: &'static str, data: &Value) {
+        let op = self.io.to(room.to_string());
+        let op = match except_user {
+            Some(u) => op.except(user_room(u)),
+            None => op,
+        };
+        log_err(event, op.emit(event, data).await);
+    }
+
+    async fn rooms(&self, rooms: Vec<String>, event: &'static str, data: &Value) {
+        if rooms.is_empty() {
+            return;
+        }
+        log_err(event, self.io.to(rooms).emit(event, data).await);
+    }
+
+    async fn all(&self, event: &'static str, data: &Value) {
+        log_err(event, self.io.emit(event, data).await);
+    }
+
+    fn user_in_room(&self, user_id: &str, room: &str, except_socket: &str) -> bool {
+        let Some(ns) = self.io.of("/") else {
+            return false;
+        };
+        ns.local()
+            .within(user_room(user_id))
+            .sockets()
+            .iter()
+            .any(|s| s.id.as_str() != except_socket && s.rooms().iter().any(|r| r == room))
+    }
+
+    fn user_rooms(&self, user_id: &str) -> Vec<String> {
+        let Some(ns) = self.io.of("/") else {
+            return Vec::new();
+        };
+        let mut rooms: Vec<String> = ns
+            .local()
+            .within(user_room(user_id))
+            .sockets()
+            .iter()
+            .flat_map(|s| s.rooms())
+            .map(|r| r.to_string())
+            .filter(|r| !r.starts_with('#'))
+            .collect();
+        rooms.sort();
+        rooms.dedup();
+        rooms
+    }
+
+    fn is_socket_id(&self, name: &str) -> bool {
+        name.parse()
+            .ok()
+            .and_then(|sid| self.io.get_socket(sid))
+            .is_some()
+    }
+}

@@ -1,0 +1,65 @@
+//! `/health`, `/health/live`, `/health/ready`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::app::App;
+use crate::util::iso;
+
+/// Liveness: the process answers.
+pub async fn live() -> impl IntoResponse {
+    Json(json!({ "status": "alive" }))
+}
+
+/// Readiness: accepting new connections (false while draining).
+pub async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
+    if app.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+    } else {
+        (StatusCode::OK, Json(json!({ "status": "ready" })))
+    }
+}
+
+/// Full health: database reachability, write-behind state, connections, uptime.
+pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let db_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
+        Ok(Ok(()))
+    ) && app.writer.healthy();
+    let status = if app.is_draining() {
+        "unhealthy"
+    } else if db_ok {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    let code = if status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": status,
+        "timestamp": iso(chrono::Utc::now()),
+        "connections": app.metrics.connections_active.get(),
+        "uptime": app.started.elapsed().as_secs_f64(),
+        "auth": if app.auth.insecure() { "insecure-dev" } else { "verified" },
+        "checks": {
+            "database": if db_ok { "ok" } else { "error" },
+            "redis": if app.config.redis_url.is_some() { "not-supported" } else { "disabled" },
+            "plugins": "none",
+        },
+        "store": {
+            "backend": app.store.kind(),
+            "queued": app.metrics.store_queue_depth.get(),
+            "dropped": app.metrics.store_writes_dropped.get(),
+        },
+    });
+    (code, Json(body))
+}

@@ -1,0 +1,104 @@
+//! `/metrics`: the original's JSON shape with real values, or the Prometheus text exposition
+//! when the client asks for it (`Accept: text/plain` or OpenMetrics, or `?format=prometheus`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::proc::{CpuMeter, rss_bytes, total_memory_bytes};
+use crate::app::App;
+use crate::metrics::StatusLabel;
+
+fn cpu() -> &'static CpuMeter {
+    static CPU: OnceLock<CpuMeter> = OnceLock::new();
+    CPU.get_or_init(CpuMeter::default)
+}
+
+/// Which format the client wants.
+fn wants_prometheus(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<bool> {
+    if let Some(f) = query.get("format") {
+        return Some(f == "prometheus" || f == "openmetrics");
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/openmetrics-text") {
+        return Some(true);
+    }
+    if accept.contains("text/plain") && !accept.contains("application/json") {
+        return Some(true);
+    }
+    None
+}
+
+/// The metrics endpoint.
+pub async fn metrics(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let presence = app.presence.counts();
+    if wants_prometheus(&headers, &query).unwrap_or(false) {
+        let m = &app.metrics;
+        for (status, n) in [
+            ("online", presence.online),
+            ("away", presence.away),
+            ("busy", presence.busy),
+        ] {
+            m.presence_users.get_or_create(&StatusLabel { status }).set(n);
+        }
+        m.uptime_seconds.set(app.started.elapsed().as_secs() as i64);
+        m.resident_memory_bytes.set(rss_bytes() as i64);
+        let openmetrics = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/openmetrics-text"));
+        let content_type = if openmetrics {
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        } else {
+            "text/plain; version=0.0.4; charset=utf-8"
+        };
+        return ([(header::CONTENT_TYPE, content_type)], m.encode()).into_response();
+    }
+    let stats = app.store.stats().await.unwrap_or_default();
+    let active = app.metrics.connections_active.get();
+    let authenticated = app.metrics.connections_authenticated.get();
+    let used = rss_bytes();
+    let total = total_memory_bytes();
+    let percentage = if total > 0 {
+        (used as f64 / total as f64 * 10_000.0).round() / 100.0
+    } else {
+        0.0
+    };
+    Json(json!({
+        "uptime": app.started.elapsed().as_secs_f64(),
+        "connections": {
+            "total": active,
+            "active": active,
+            "authenticated": authenticated,
+            "anonymous": active - authenticated,
+        },
+        "rooms": { "total": stats.total_rooms, "active": stats.active_rooms },
+        "presence": {
+            "online": presence.online,
+            "away": presence.away,
+            "busy": presence.busy,
+            "offline": stats.presence.offline,
+        },
+        "events": {
+            "total": app.metrics.events_total.load(Ordering::Relaxed),
+            "lastHour": stats.events_last_hour,
+        },
+        "memory": { "used": used, "total": total, "percentage": percentage },
+        "cpu": { "usage": cpu().sample() },
+    }))
+    .into_response()
+}

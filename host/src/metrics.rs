@@ -1,0 +1,191 @@
+//! Counters and gauges of the server, in one per-server Prometheus registry (no global
+//! recorder, so tests can run many servers in one process). No label carries a room, user or
+//! socket id: only event names and error codes, both bounded sets.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Label of per-event series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    /// Event name (one of the known client events).
+    pub event: &'static str,
+}
+
+/// Label of per-error series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// Stable error code.
+    pub code: String,
+}
+
+/// Label of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why the connection was refused.
+    pub reason: &'static str,
+}
+
+/// Label of per-status presence gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// Presence status.
+    pub status: &'static str,
+}
+
+/// All metrics of one server.
+pub struct Metrics {
+    /// Users per presence status (set at scrape time).
+    pub presence_users: Family<StatusLabel, Gauge>,
+    /// Seconds since start (set at scrape time).
+    pub uptime_seconds: Gauge,
+    /// Resident memory of the process (set at scrape time).
+    pub resident_memory_bytes: Gauge,
+    registry: Registry,
+    /// Connections accepted since start.
+    pub connections_total: Counter,
+    /// Connections refused, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Live connections.
+    pub connections_active: Gauge,
+    /// Live authenticated connections.
+    pub connections_authenticated: Gauge,
+    /// Client events handled, by event.
+    pub events: Family<EventLabel, Counter>,
+    /// Errors answered, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Time to handle an event, by event.
+    pub event_seconds: Family<EventLabel, Histogram>,
+    /// `message:new` deliveries fanned out (room broadcasts).
+    pub messages: Counter,
+    /// Rows committed by the writer.
+    pub store_writes: Counter,
+    /// Batches committed by the writer.
+    pub store_batches: Counter,
+    /// Writes dropped (queue full, or given up after retries).
+    pub store_writes_dropped: Counter,
+    /// Failed batch commits (each retry counts).
+    pub store_write_failures: Counter,
+    /// Writes waiting in the queue.
+    pub store_queue_depth: Gauge,
+    /// Total events (for the JSON `events.total`).
+    pub events_total: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("realtime");
+        let m = Metrics {
+            presence_users: Family::default(),
+            uptime_seconds: Gauge::default(),
+            resident_memory_bytes: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_refused: Family::default(),
+            connections_active: Gauge::default(),
+            connections_authenticated: Gauge::default(),
+            events: Family::default(),
+            errors: Family::default(),
+            event_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0,
+                ])
+            }),
+            messages: Counter::default(),
+            store_writes: Counter::default(),
+            store_batches: Counter::default(),
+            store_writes_dropped: Counter::default(),
+            store_write_failures: Counter::default(),
+            store_queue_depth: Gauge::default(),
+            events_total: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Socket.IO connections accepted",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections refused, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Live connections on this instance",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "connections_authenticated",
+            "Live authenticated connections on this instance",
+            m.connections_authenticated.clone(),
+        );
+        registry.register("events", "Client events handled", m.events.clone());
+        registry.register("errors", "Errors answered, by code", m.errors.clone());
+        registry.register(
+            "event_duration_seconds",
+            "Time to handle a client event",
+            m.event_seconds.clone(),
+        );
+        registry.register("messages", "Messages broadcast to rooms", m.messages.clone());
+        registry.register(
+            "store_writes",
+            "Rows committed by the write-behind writer",
+            m.store_writes.clone(),
+        );
+        registry.register(
+            "store_batches",
+            "Transactions committed by the write-behind writer",
+            m.store_batches.clone(),
+        );
+        registry.register(
+            "store_writes_dropped",
+            "Writes dropped because the queue was full or the database kept failing",
+            m.store_writes_dropped.clone(),
+        );
+        registry.register(
+            "store_write_failures",
+            "Failed batch commits",
+            m.store_write_failures.clone(),
+        );
+        registry.register(
+            "store_queue_depth",
+            "Writes waiting in the write-behind queue",
+            m.store_queue_depth.clone(),
+        );
+        registry.register(
+            "presence_users",
+            "Connected users per presence status",
+            m.presence_users.clone(),
+        );
+        registry.register("uptime_seconds", "Seconds since start", m.uptime_seconds.clone());
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the process",
+            m.resident_memory_bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}

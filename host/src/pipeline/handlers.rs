@@ -1,0 +1,288 @@
+//! Stages 4-8 per request: access rules, state, persist (behind), fan-out; returns ack data.
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::payload::{MessageSend, Request};
+use super::{Conn, Joined, Session};
+use crate::app::App;
+use crate::config::PresenceScope;
+use crate::dedupe::Sent;
+use crate::error::{EventError, code};
+use crate::presence::{PresenceState, Status};
+use crate::rooms;
+use crate::store::WriteOp;
+use crate::typing::TypingKey;
+use crate::util::{iso, now_ms};
+
+pub(super) async fn dispatch(
+    app: &App,
+    session: &mut Session,
+    conn: &dyn Conn,
+    request: Request,
+) -> Result<Option<Value>, EventError> {
+    match request {
+        Request::Join { room } => join(app, session, conn, room).await.map(Some),
+        Request::Leave { room } => leave(app, session, conn, room).await.map(|_| None),
+        Request::Send(msg) => send(app, session, msg).await.map(Some),
+        Request::Typing {
+            room,
+            thread,
+            start,
+        } => typing(app, session, conn, room, thread, start)
+            .await
+            .map(|_| None),
+        Request::Presence { status, custom } => {
+            let user = session
+                .user_id()
+                .ok_or_else(|| {
+                    EventError::new(
+                        code::VALIDATION_ERROR,
+                        "Anonymous connections have no presence",
+                    )
+                })?
+                .to_string();
+            let state = app.presence.update(&user, status, custom).await;
+            persist_presence(app, &state);
+            broadcast_presence(app, &state, Vec::new()).await;
+            Ok(None)
+        }
+        Request::Ping => {
+            conn.emit("pong", &json!({ "timestamp": now_ms() }));
+            app.writer.write(WriteOp::Ping {
+                socket_id: session.socket_id.clone(),
+                at: Utc::now(),
+            });
+            Ok(None)
+        }
+        Request::Pong { timestamp } => {
+            let latency = (now_ms() - timestamp).clamp(0, i64::from(i32::MAX)) as i32;
+            app.writer.write(WriteOp::Pong {
+                socket_id: session.socket_id.clone(),
+                latency_ms: latency,
+                at: Utc::now(),
+            });
+            Ok(None)
+        }
+        Request::Refresh { token } => {
+            let fresh = app.auth.verify(&token).map_err(|_| {
+                EventError::new(code::VALIDATION_ERROR, "Invalid token")
+                    .with_details(json!({"field": "token"}))
+            })?;
+            if fresh.user_id != session.identity.user_id {
+                return Err(EventError::new(
+                    code::VALIDATION_ERROR,
+                    "Token belongs to another user",
+                )
+                .with_details(json!({"field": "token"})));
+            }
+            session.identity = fresh;
+            Ok(None)
+        }
+    }
+}
+
+async fn join(
+    app: &App,
+    session: &mut Session,
+    conn: &dyn Conn,
+    name: String,
+) -> Result<Value, EventError> {
+    if app.fanout.is_socket_id(&name) {
+        return Err(EventError::validation("roomName", "cannot be a socket id"));
+    }
+    let fail = |e: &dyn std::fmt::Display| EventError::internal("Failed to join room", e);
+    let room = app
+        .store
+        .room(&name)
+        .await
+        .map_err(|e| fail(&e))?
+        .filter(|r| r.is_active)
+        .ok_or_else(EventError::room_not_found)?;
+    let member = match session.user_id() {
+        Some(u) => app.store.member(&room.id, u).await.map_err(|e| fail(&e))?,
+        None => None,
+    };
+    let count = app
+        .store
+        .member_count(&room.id)
+        .await
+        .map_err(|e| fail(&e))?;
+    rooms::check_join(&room, member.as_ref(), &session.identity, count)?;
+    let (member_count, member) = match session.user_id() {
+        Some(u) => {
+            let n = app.store.join(&room.id, u).await.map_err(|e| fail(&e))?;
+            let m = app.store.member(&room.id, u).await.map_err(|e| fail(&e))?;
+            (n, m)
+        }
+        None => (count, None),
+    };
+    conn.join(&name);
+    let user_id = session.identity.user_id.clone();
+    session.joined.insert(name.clone(), Joined { room, member });
+    conn.to_others(
+        &name,
+        "user:joined",
+        &json!({ "roomName": name, "userId": user_id }),
+    )
+    .await;
+    Ok(json!({ "roomName": name, "memberCount": member_count }))
+}
+
+async fn leave(
+    app: &App,
+    session: &mut Session,
+    conn: &dyn Conn,
+    name: String,
+) -> Result<(), EventError> {
+    let fail = |e: &dyn std::fmt::Display| EventError::internal("Failed to leave room", e);
+    let room = match session.joined.get(&name) {
+        Some(j) => j.room.clone(),
+        None => app
+            .store
+            .room(&name)
+            .await
+            .map_err(|e| fail(&e))?
+            .filter(|r| r.is_active)
+            .ok_or_else(EventError::room_not_found)?,
+    };
+    conn.leave(&name);
+    let joined = session.joined.remove(&name);
+    if let Some(user) = session.user_id() {
+        let member = match joined.and_then(|j| j.member) {
+            Some(m) => Some(m),
+            None => app.store.member(&room.id, user).await.map_err(|e| fail(&e))?,
+        };
+        if rooms::leave_deletes_membership(&room, member.as_ref()) {
+            app.store
+                .leave(&room.id, user)
+                .await
+                .map_err(|e| fail(&e))?;
+        }
+    }
+    conn.to_others(
+        &name,
+        "user:left",
+        &json!({ "roomName": name, "userId": session.identity.user_id }),
+    )
+    .await;
+    Ok(())
+}
+
+async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Value, EventError> {
+    let joined = session.joined.get(&msg.room).ok_or_else(|| {
+        EventError::new(code::NOT_IN_ROOM, "Join the room before sending to it")
+    })?;
+    rooms::check_send(&joined.room, joined.member.as_ref())?;
+    let dedupe_key = session.user_id().zip(msg.client_message_id.as_deref());
+    if let Some((user, cid)) = dedupe_key
+        && let Some(sent) = app.dedupe.get(user, cid)
+    {
+        return Ok(json!({ "messageId": sent.message_id, "timestamp": sent.timestamp }));
+    }
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let timestamp = iso(Utc::now());
+    let event = json!({
+        "roomName": msg.room,
+        "userId": session.identity.user_id,
+        "content": msg.content,
+        "threadId": msg.thread,
+        "timestamp": timestamp,
+        "metadata": msg.metadata,
+        "messageId": message_id,
+    });
+    if let Some((user, cid)) = dedupe_key {
+        app.dedupe.put(
+            user,
+            cid,
+            Sent {
+                message_id: message_id.clone(),
+                timestamp: timestamp.clone(),
+            },
+        );
+    }
+    app.fanout.room(&msg.room, None, "message:new", &event).await;
+    app.metrics.messages.inc();
+    Ok(json!({ "messageId": message_id, "timestamp": timestamp }))
+}
+
+async fn typing(
+    app: &App,
+    session: &mut Session,
+    conn: &dyn Conn,
+    room: String,
+    thread: Option<String>,
+    start: bool,
+) -> Result<(), EventError> {
+    let joined = session.joined.get(&room).ok_or_else(|| {
+        EventError::new(code::NOT_IN_ROOM, "Join the room before typing in it")
+    })?;
+    let user = session.user_id().ok_or_else(|| {
+        EventError::new(
+            code::ROOM_ACCESS_DENIED,
+            "Anonymous connections cannot send typing indicators",
+        )
+    })?;
+    let room_id = joined.room.id.clone();
+    let key = TypingKey {
+        room: room.clone(),
+        thread: thread.clone(),
+    };
+    let update = if start {
+        let ttl = chrono::Duration::from_std(app.config.typing_timeout)
+            .unwrap_or(chrono::Duration::seconds(3));
+        let u = app.typing.start(key, user, &session.socket_id, ttl).await;
+        let now = Utc::now();
+        app.writer.write(WriteOp::TypingSet {
+            room_id,
+            user_id: user.to_string(),
+            thread_id: thread,
+            started_at: now,
+            expires_at: now + ttl,
+        });
+        u
+    } else {
+        let u = app.typing.stop(key, user).await;
+        app.writer.write(WriteOp::TypingClear {
+            room_id,
+            user_id: user.to_string(),
+            thread_id: thread,
+        });
+        u
+    };
+    conn.to_others(&room, "typing:event", &update.event()).await;
+    Ok(())
+}
+
+/// Queues the presence row of a user.
+pub(super) fn persist_presence(app: &App, state: &PresenceState) {
+    let custom = state.custom.as_ref();
+    app.writer.write(WriteOp::Presence {
+        user_id: state.user_id.clone(),
+        status: state.status.as_str().to_string(),
+        custom_status: custom.map(|c| c.text.clone()),
+        custom_emoji: custom.and_then(|c| c.emoji.clone()),
+        expires_at: custom.and_then(|c| c.expires_at),
+        connections_count: state.connections as i32,
+        at: Utc::now(),
+    });
+}
+
+/// Sends `presence:changed` to everyone, or with `REALTIME_PRESENCE_SCOPE=rooms` to the rooms
+/// the user's sockets are in (plus `extra_rooms`, e.g. those of a socket that just left).
+pub(crate) async fn broadcast_presence(app: &App, state: &PresenceState, extra_rooms: Vec<String>) {
+    let event = state.event();
+    match app.config.presence_scope {
+        PresenceScope::All => app.fanout.all("presence:changed", &event).await,
+        PresenceScope::Rooms => {
+            let mut rooms = app.fanout.user_rooms(&state.user_id);
+            rooms.extend(extra_rooms);
+            rooms.sort();
+            rooms.dedup();
+            app.fanout.rooms(rooms, "presence:changed", &event).await;
+        }
+    }
+    if state.status == Status::Offline {
+        tracing::debug!(user = %state.user_id, "user offline");
+    }
+}

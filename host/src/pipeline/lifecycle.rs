@@ -1,0 +1,96 @@
+//! What happens when a socket connects (after the handshake is accepted) and disconnects.
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::handlers::{broadcast_presence, persist_presence};
+use super::{Conn, Session, audit};
+use crate::app::App;
+use crate::store::WriteOp;
+use crate::util::iso;
+
+/// Greets the socket and records the connection: `connected`, then `authenticated`, then
+/// presence (the first socket of a user makes them online).
+pub async fn on_connect(app: &App, session: &Session, conn: &dyn Conn) {
+    conn.emit(
+        "connected",
+        &json!({
+            "socketId": session.socket_id,
+            "serverTime": iso(Utc::now()),
+            "protocolVersion": "1.0",
+        }),
+    );
+    if let Some(user) = session.user_id() {
+        let rooms: Vec<&String> = session.joined.keys().collect();
+        conn.emit(
+            "authenticated",
+            &json!({
+                "userId": user,
+                "sessionId": session.identity.session_id,
+                "rooms": rooms,
+            }),
+        );
+    }
+    app.writer.write(WriteOp::ConnectionOpened {
+        socket_id: session.socket_id.clone(),
+        user_id: session.identity.user_id.clone(),
+        session_id: session.identity.session_id.clone(),
+        transport: session.transport.clone(),
+        ip: session.ip.clone(),
+        user_agent: session.user_agent.clone(),
+        device_info: session.device.clone(),
+        node_id: app.node_id.clone(),
+        at: Utc::now(),
+    });
+    audit(app, session, "connect", json!({ "transport": session.transport }));
+    if app.config.enable_presence
+        && let Some(user) = session.user_id()
+        && let Some(state) = app.presence.connect(user).await
+    {
+        persist_presence(app, &state);
+        broadcast_presence(app, &state, Vec::new()).await;
+    }
+}
+
+/// Cleans up after a socket: its typing entries (peers get `typing:event`), its rooms (peers
+/// get `user:left` when the user's last socket leaves), its user's presence, its row.
+pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
+    for update in app.typing.clear_socket(&session.socket_id).await {
+        let room_id = session.joined.get(&update.key.room).map(|j| j.room.id.clone());
+        if let Some(room_id) = room_id {
+            app.writer.write(WriteOp::TypingClear {
+                room_id,
+                user_id: update.user_id.clone(),
+                thread_id: update.key.thread.clone(),
+            });
+        }
+        app.fanout
+            .room(&update.key.room, None, "typing:event", &update.event())
+            .await;
+    }
+    if let Some(user) = session.user_id() {
+        for room in session.joined.keys() {
+            if !app.fanout.user_in_room(user, room, &session.socket_id) {
+                app.fanout
+                    .room(
+                        room,
+                        None,
+                        "user:left",
+                        &json!({ "roomName": room, "userId": user }),
+                    )
+                    .await;
+            }
+        }
+        if app.config.enable_presence
+            && let Some(state) = app.presence.disconnect(user).await
+        {
+            persist_presence(app, &state);
+            broadcast_presence(app, &state, session.joined.keys().cloned().collect()).await;
+        }
+    }
+    app.writer.write(WriteOp::ConnectionClosed {
+        socket_id: session.socket_id.clone(),
+        at: Utc::now(),
+    });
+    audit(app, session, "disconnect", json!({ "reason": reason }));
+}

@@ -1,0 +1,250 @@
+//! The one place that fixes the order an event goes through:
+//!
+//! ```text
+//! parse + validate -> rate limit -> policy chain -> access rules -> state -> persist -> fan-out -> ack
+//! ```
+//!
+//! The transport hands every event here with its [`Session`] (per-socket state owned by the
+//! socket's link task, so no locks) and a [`Conn`] (the socket's own operations). The policy
+//! chain stage is where WebAssembly policy modules run; until they are loaded it passes the
+//! request through unchanged.
+
+mod handlers;
+mod lifecycle;
+pub mod payload;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::{Value, json};
+
+pub use lifecycle::{on_connect, on_disconnect};
+
+/// Persists and broadcasts a presence change made outside an event (custom status expiry).
+pub async fn broadcast_presence_changed(app: &App, state: &crate::presence::PresenceState) {
+    handlers::persist_presence(app, state);
+    handlers::broadcast_presence(app, state, Vec::new()).await;
+}
+pub use payload::EventKind;
+
+use crate::app::App;
+use crate::auth::Identity;
+use crate::error::{EventError, code};
+use crate::metrics::{CodeLabel, EventLabel};
+use crate::store::{Member, Room, WriteOp};
+
+/// The operations of the socket an event came from.
+#[async_trait]
+pub trait Conn: Send + Sync {
+    /// Socket id.
+    fn id(&self) -> &str;
+    /// Joins a Socket.IO room.
+    fn join(&self, room: &str);
+    /// Leaves a Socket.IO room.
+    fn leave(&self, room: &str);
+    /// Emits to this socket only.
+    fn emit(&self, event: &'static str, data: &Value);
+    /// Emits to a room, except this socket.
+    async fn to_others(&self, room: &str, event: &'static str, data: &Value);
+    /// Disconnects this socket from the server side.
+    fn disconnect(&self);
+}
+
+/// A room the socket has joined, with what the access rules need (read once at join time so
+/// that `message:send` needs no database round trip).
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The room row.
+    pub room: Room,
+    /// The user's membership row, if any.
+    pub member: Option<Member>,
+}
+
+/// Per-socket state, owned by the socket's link task.
+pub struct Session {
+    /// Socket id.
+    pub socket_id: String,
+    /// Who is connected.
+    pub identity: Identity,
+    /// Remote IP.
+    pub ip: Option<String>,
+    /// websocket or polling at connect time.
+    pub transport: String,
+    /// User-Agent header.
+    pub user_agent: Option<String>,
+    /// `handshake.auth.device`.
+    pub device: Option<Value>,
+    /// Joined rooms by name.
+    pub joined: HashMap<String, Joined>,
+    limiter: DefaultDirectRateLimiter,
+    strikes: u32,
+}
+
+impl Session {
+    /// A new session with the configured event rate.
+    pub fn new(app: &App, socket_id: String, identity: Identity) -> Session {
+        let rate = NonZeroU32::new(app.config.event_rate).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(app.config.event_burst).unwrap_or(NonZeroU32::MIN);
+        Session {
+            socket_id,
+            identity,
+            ip: None,
+            transport: "websocket".into(),
+            user_agent: None,
+            device: None,
+            joined: HashMap::new(),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            strikes: 0,
+        }
+    }
+
+    /// The user id, if authenticated.
+    pub fn user_id(&self) -> Option<&str> {
+        self.identity.user_id.as_deref()
+    }
+}
+
+/// What the transport should do after an event.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The ack body (`{success, data?}` or `{success:false, error}`).
+    pub ack: Value,
+    /// The error, when the event failed (sent as an `error` event when there is no ack).
+    pub error: Option<EventError>,
+    /// Disconnect the socket after answering (sustained abuse).
+    pub disconnect: bool,
+}
+
+/// Handles one client event end to end and returns what to answer.
+pub async fn handle(
+    app: &App,
+    session: &mut Session,
+    conn: &dyn Conn,
+    kind: EventKind,
+    payload: Value,
+) -> Outcome {
+    let started = Instant::now();
+    let label = EventLabel { event: kind.name() };
+    app.metrics.events.get_or_create(&label).inc();
+    app.metrics
+        .events_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let result = run(app, session, conn, kind, &payload).await;
+    app.metrics
+        .event_seconds
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    let disconnect = match &result {
+        Err(e) if e.code == code::RATE_LIMIT_EXCEEDED => {
+            session.strikes += 1;
+            // Sustained abuse: a whole burst's worth of refused events in a row.
+            session.strikes > app.config.event_burst.max(10)
+        }
+        _ => {
+            session.strikes = 0;
+            false
+        }
+    };
+    match result {
+        Ok(data) => {
+            audit(app, session, kind.name(), audit_payload(kind, &payload));
+            let ack = match data {
+                Some(d) => json!({ "success": true, "data": d }),
+                None => json!({ "success": true }),
+            };
+            Outcome {
+                ack,
+                error: None,
+                disconnect,
+            }
+        }
+        Err(e) => {
+            app.metrics
+                .errors
+                .get_or_create(&CodeLabel {
+                    code: e.code.to_string(),
+                })
+                .inc();
+            audit(
+                app,
+                session,
+                "error",
+                json!({"event": kind.name(), "code": e.code, "message": e.message}),
+            );
+            Outcome {
+                ack: e.ack(),
+                error: Some(e),
+                disconnect,
+            }
+        }
+    }
+}
+
+async fn run(
+    app: &App,
+    session: &mut Session,
+    conn: &dyn Conn,
+    kind: EventKind,
+    payload: &Value,
+) -> Result<Option<Value>, EventError> {
+    // 1. parse + validate
+    let limits = payload::Limits {
+        max_message_length: app.config.max_message_length,
+    };
+    let request = payload::parse(kind, payload, limits)?;
+    // 2. rate limit
+    if let Err(not_until) = session.limiter.check() {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return Err(EventError::new(code::RATE_LIMIT_EXCEEDED, "Too many events").with_details(
+            json!({ "retryAfterMs": wait.as_millis().max(1) as u64 }),
+        ));
+    }
+    // 3. policy chain: the WebAssembly policy modules run here (none are loaded yet).
+    // 4-8. access rules, state, persist, fan-out: per request.
+    handlers::dispatch(app, session, conn, request).await
+}
+
+/// What the audit log keeps of an event: never message content or tokens.
+fn audit_payload(kind: EventKind, payload: &Value) -> Value {
+    let field = |k: &str| payload.get(k).cloned().unwrap_or(Value::Null);
+    match kind {
+        EventKind::MessageSend => json!({
+            "roomName": field("roomName"),
+            "threadId": field("threadId"),
+            "contentLength": payload.get("content").and_then(Value::as_str).map(|s| s.chars().count()),
+        }),
+        EventKind::RoomJoin | EventKind::RoomLeave => json!({"roomName": field("roomName")}),
+        EventKind::TypingStart | EventKind::TypingStop => {
+            json!({"roomName": field("roomName"), "threadId": field("threadId")})
+        }
+        EventKind::PresenceUpdate => json!({"status": field("status")}),
+        EventKind::Ping | EventKind::Pong | EventKind::AuthRefresh => json!({}),
+    }
+}
+
+/// Writes an audit row when the event type is logged.
+pub(crate) fn audit(app: &App, session: &Session, event_type: &str, payload: Value) {
+    if !app.config.log_events || !app.config.log_event_types.includes(event_type) {
+        return;
+    }
+    let room_id = payload
+        .get("roomName")
+        .and_then(Value::as_str)
+        .and_then(|r| session.joined.get(r))
+        .map(|j| j.room.id.clone());
+    app.writer.write(WriteOp::Event {
+        event_type: event_type.to_string(),
+        socket_id: Some(session.socket_id.clone()),
+        user_id: session.identity.user_id.clone(),
+        room_id,
+        payload,
+        ip: session.ip.clone(),
+        metadata: None,
+        at: Utc::now(),
+    });
+}

@@ -1,0 +1,358 @@
+//! Stage 1 of the pipeline: parse and validate a client payload into a typed request.
+//! Every malformed shape becomes `VALIDATION_ERROR` naming the field; nothing else runs.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::error::EventError;
+use crate::presence::{CustomStatus, Status};
+use crate::rooms::validate_room_name;
+
+/// The client events the server knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `room:join`
+    RoomJoin,
+    /// `room:leave`
+    RoomLeave,
+    /// `message:send`
+    MessageSend,
+    /// `typing:start`
+    TypingStart,
+    /// `typing:stop`
+    TypingStop,
+    /// `presence:update`
+    PresenceUpdate,
+    /// `ping`
+    Ping,
+    /// `pong`
+    Pong,
+    /// `auth:refresh`
+    AuthRefresh,
+}
+
+impl EventKind {
+    /// Every known event.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::RoomJoin,
+        EventKind::RoomLeave,
+        EventKind::MessageSend,
+        EventKind::TypingStart,
+        EventKind::TypingStop,
+        EventKind::PresenceUpdate,
+        EventKind::Ping,
+        EventKind::Pong,
+        EventKind::AuthRefresh,
+    ];
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::RoomJoin => "room:join",
+            EventKind::RoomLeave => "room:leave",
+            EventKind::MessageSend => "message:send",
+            EventKind::TypingStart => "typing:start",
+            EventKind::TypingStop => "typing:stop",
+            EventKind::PresenceUpdate => "presence:update",
+            EventKind::Ping => "ping",
+            EventKind::Pong => "pong",
+            EventKind::AuthRefresh => "auth:refresh",
+        }
+    }
+}
+
+/// A validated request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `room:join`
+    Join {
+        /// Room.
+        room: String,
+    },
+    /// `room:leave`
+    Leave {
+        /// Room.
+        room: String,
+    },
+    /// `message:send`
+    Send(MessageSend),
+    /// `typing:start` / `typing:stop`
+    Typing {
+        /// Room.
+        room: String,
+        /// Thread.
+        thread: Option<String>,
+        /// start (true) or stop.
+        start: bool,
+    },
+    /// `presence:update`
+    Presence {
+        /// New status.
+        status: Status,
+        /// New custom status (None clears it).
+        custom: Option<CustomStatus>,
+    },
+    /// `ping`
+    Ping,
+    /// `pong`
+    Pong {
+        /// Client's timestamp (ms since the epoch).
+        timestamp: i64,
+    },
+    /// `auth:refresh`
+    Refresh {
+        /// New token.
+        token: String,
+    },
+}
+
+/// A `message:send` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageSend {
+    /// Room.
+    pub room: String,
+    /// Content.
+    pub content: String,
+    /// Thread.
+    pub thread: Option<String>,
+    /// Metadata object (null when absent).
+    pub metadata: Value,
+    /// Client id for de-duplication.
+    pub client_message_id: Option<String>,
+}
+
+/// Limits the parser enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest message content, in characters.
+    pub max_message_length: usize,
+}
+
+fn object<'a>(payload: &'a Value) -> Result<&'a Map<String, Value>, EventError> {
+    payload
+        .as_object()
+        .ok_or_else(|| EventError::validation("payload", "must be an object"))
+}
+
+fn room_name(obj: &Map<String, Value>) -> Result<String, EventError> {
+    match obj.get("roomName") {
+        Some(Value::String(s)) => {
+            validate_room_name(s)?;
+            Ok(s.clone())
+        }
+        Some(_) => Err(EventError::validation("roomName", "must be a string")),
+        None => Err(EventError::validation("roomName", "is required")),
+    }
+}
+
+/// An optional string of 1..=max characters (null and absent are None).
+fn opt_string(
+    obj: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<Option<String>, EventError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(EventError::validation(
+            field,
+            &format!("must be 1-{max} characters"),
+        )),
+        Some(_) => Err(EventError::validation(field, "must be a string")),
+    }
+}
+
+fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    match v {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => n.as_i64().and_then(DateTime::from_timestamp_millis),
+        _ => None,
+    }
+}
+
+fn custom_status(v: Option<&Value>) -> Result<Option<CustomStatus>, EventError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(EventError::validation("customStatus", "must be an object")),
+    };
+    let text = match obj.get("text") {
+        Some(Value::String(s)) if s.chars().count() <= 100 => s.clone(),
+        Some(Value::String(_)) => {
+            return Err(EventError::validation(
+                "customStatus.text",
+                "must be at most 100 characters",
+            ));
+        }
+        _ => {
+            return Err(EventError::validation(
+                "customStatus.text",
+                "must be a string",
+            ));
+        }
+    };
+    let emoji = opt_string(obj, "emoji", 32)
+        .map_err(|_| EventError::validation("customStatus.emoji", "must be 1-32 characters"))?;
+    let expires_at = match obj.get("expiresAt") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_time(v).ok_or_else(|| {
+            EventError::validation(
+                "customStatus.expiresAt",
+                "must be an ISO 8601 date or epoch milliseconds",
+            )
+        })?),
+    };
+    Ok(Some(CustomStatus {
+        text,
+        emoji,
+        expires_at,
+    }))
+}
+
+/// Parses and validates the payload of a known event.
+pub fn parse(kind: EventKind, payload: &Value, limits: Limits) -> Result<Request, EventError> {
+    Ok(match kind {
+        EventKind::RoomJoin => Request::Join {
+            room: room_name(object(payload)?)?,
+        },
+        EventKind::RoomLeave => Request::Leave {
+            room: room_name(object(payload)?)?,
+        },
+        EventKind::MessageSend => {
+            let obj = object(payload)?;
+            let room = room_name(obj)?;
+            let content = match obj.get("content") {
+                Some(Value::String(s)) => s,
+                Some(_) => return Err(EventError::validation("content", "must be a string")),
+                None => return Err(EventError::validation("content", "is required")),
+            };
+            let chars = content.chars().count();
+            if chars == 0 || chars > limits.max_message_length {
+                return Err(EventError::validation(
+                    "content",
+                    &format!("must be 1-{} characters", limits.max_message_length),
+                ));
+            }
+            let metadata = match obj.get("metadata") {
+                None | Some(Value::Null) => Value::Null,
+                Some(m @ Value::Object(_)) => m.clone(),
+                Some(_) => return Err(EventError::validation("metadata", "must be an object")),
+            };
+            Request::Send(MessageSend {
+                room,
+                content: content.clone(),
+                thread: opt_string(obj, "threadId", 255)?,
+                metadata,
+                client_message_id: opt_string(obj, "clientMessageId", 255)?,
+            })
+        }
+        EventKind::TypingStart | EventKind::TypingStop => {
+            let obj = object(payload)?;
+            Request::Typing {
+                room: room_name(obj)?,
+                thread: opt_string(obj, "threadId", 255)?,
+                start: kind == EventKind::TypingStart,
+            }
+        }
+        EventKind::PresenceUpdate => {
+            let obj = object(payload)?;
+            let status = match obj.get("status") {
+                Some(Value::String(s)) => Status::parse(s).ok_or_else(|| {
+                    EventError::validation("status", "must be online, away, busy or offline")
+                })?,
+                _ => return Err(EventError::validation("status", "is required")),
+            };
+            Request::Presence {
+                status,
+                custom: custom_status(obj.get("customStatus"))?,
+            }
+        }
+        EventKind::Ping => Request::Ping,
+        EventKind::Pong => {
+            let obj = object(payload)?;
+            let timestamp = obj
+                .get("timestamp")
+                .and_then(|t| t.as_i64().or_else(|| t.as_f64().map(|f| f as i64)))
+                .ok_or_else(|| EventError::validation("timestamp", "must be a number"))?;
+            Request::Pong { timestamp }
+        }
+        EventKind::AuthRefresh => {
+            let obj = object(payload)?;
+            match obj.get("token") {
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= 16 * 1024 => {
+                    Request::Refresh { token: t.clone() }
+                }
+                _ => return Err(EventError::validation("token", "must be a non-empty string")),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const L: Limits = Limits {
+        max_message_length: 10,
+    };
+
+    #[test]
+    fn malformed_payloads_are_validation_errors() {
+        let bad: Vec<(EventKind, Value)> = vec![
+            (EventKind::RoomJoin, Value::Null),
+            (EventKind::RoomJoin, json!(42)),
+            (EventKind::RoomJoin, json!("general")),
+            (EventKind::RoomJoin, json!([{"roomName": "general"}])),
+            (EventKind::RoomJoin, json!({})),
+            (EventKind::RoomJoin, json!({"roomName": 5})),
+            (EventKind::RoomJoin, json!({"roomName": ""})),
+            (EventKind::RoomJoin, json!({"roomName": "a b"})),
+            (EventKind::RoomLeave, json!({"roomName": null})),
+            (EventKind::MessageSend, json!({"roomName": "r"})),
+            (EventKind::MessageSend, json!({"roomName": "r", "content": ""})),
+            (EventKind::MessageSend, json!({"roomName": "r", "content": "x".repeat(11)})),
+            (EventKind::MessageSend, json!({"roomName": "r", "content": 1})),
+            (EventKind::MessageSend, json!({"roomName": "r", "content": "x", "metadata": []})),
+            (EventKind::MessageSend, json!({"roomName": "r", "content": "x", "threadId": 7})),
+            (EventKind::MessageSend, json!({"roomName": "r", "content": "x", "clientMessageId": {}})),
+            (EventKind::TypingStart, json!({"threadId": "t"})),
+            (EventKind::PresenceUpdate, json!({"status": "sleeping"})),
+            (EventKind::PresenceUpdate, json!({"status": "away", "customStatus": "x"})),
+            (EventKind::PresenceUpdate, json!({"status": "away", "customStatus": {"text": "x".repeat(101)}})),
+            (EventKind::PresenceUpdate, json!({"status": "away", "customStatus": {"text": "x", "expiresAt": "soon"}})),
+            (EventKind::Pong, json!({"timestamp": "now"})),
+            (EventKind::AuthRefresh, json!({"token": ""})),
+        ];
+        for (kind, payload) in bad {
+            let err = parse(kind, &payload, L).expect_err(&format!("{kind:?} {payload}"));
+            assert_eq!(err.code, "VALIDATION_ERROR");
+        }
+    }
+
+    #[test]
+    fn good_payloads() {
+        let r = parse(
+            EventKind::MessageSend,
+            &json!({"roomName": "general", "content": "héllo", "metadata": {"a": 1}, "clientMessageId": "c1"}),
+            L,
+        )
+        .unwrap();
+        let Request::Send(m) = r else { panic!() };
+        assert_eq!(m.content, "héllo");
+        assert_eq!(m.client_message_id.as_deref(), Some("c1"));
+        // 10 multi-byte characters are 10 characters, not 20 bytes.
+        assert!(parse(EventKind::MessageSend, &json!({"roomName": "r", "content": "é".repeat(10)}), L).is_ok());
+        assert_eq!(parse(EventKind::Ping, &Value::Null, L).unwrap(), Request::Ping);
+        let p = parse(
+            EventKind::PresenceUpdate,
+            &json!({"status": "busy", "customStatus": {"text": "mtg", "emoji": "📅", "expiresAt": "2030-01-01T00:00:00Z"}}),
+            L,
+        )
+        .unwrap();
+        assert!(matches!(p, Request::Presence { status: Status::Busy, custom: Some(_) }));
+    }
+}

@@ -1,0 +1,302 @@
+//! The rows the store reads and writes: rooms, members, and the write-behind operations.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+/// What kind of room it is (column `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomType {
+    /// Open channel.
+    Channel,
+    /// Direct message between at most two members.
+    Dm,
+    /// Closed group of members.
+    Group,
+    /// Only admins and moderators may send.
+    Broadcast,
+}
+
+/// Who may see and join a room (column `visibility`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Anyone may join.
+    Public,
+    /// Members only.
+    Private,
+    /// Members only, and not listed to others.
+    Secret,
+}
+
+macro_rules! text_enum {
+    ($ty:ident { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// The text stored in the database.
+            pub fn as_str(&self) -> &'static str {
+                match self { $($ty::$variant => $text),* }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($text => Ok($ty::$variant),)* _ => Err(format!(
+                    "unknown {} {s:?} (expected {})", stringify!($ty), [$($text),*].join(", ")
+                )) }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+text_enum!(RoomType { Channel => "channel", Dm => "dm", Group => "group", Broadcast => "broadcast" });
+text_enum!(Visibility { Public => "public", Private => "private", Secret => "secret" });
+
+/// A room row.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Room {
+    /// Primary key (UUID).
+    pub id: String,
+    /// Unique name, also the Socket.IO room name.
+    pub name: String,
+    /// Room type.
+    #[serde(rename = "type")]
+    pub room_type: RoomType,
+    /// Visibility.
+    pub visibility: Visibility,
+    /// Member limit, if any.
+    pub max_members: Option<i32>,
+    /// Soft-delete flag.
+    pub is_active: bool,
+    /// Free-form settings.
+    pub settings: Value,
+    /// Free-form metadata.
+    pub metadata: Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What `create-room` and `init` insert.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    /// Room name (validated by [`crate::rooms::validate_room_name`]).
+    pub name: String,
+    /// Room type.
+    pub room_type: RoomType,
+    /// Visibility.
+    pub visibility: Visibility,
+    /// Member limit.
+    pub max_members: Option<i32>,
+}
+
+impl NewRoom {
+    /// A public channel without a member limit.
+    pub fn new(name: impl Into<String>) -> NewRoom {
+        NewRoom {
+            name: name.into(),
+            room_type: RoomType::Channel,
+            visibility: Visibility::Public,
+            max_members: None,
+        }
+    }
+}
+
+/// A membership row.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// The member.
+    pub user_id: String,
+    /// admin, moderator, member or guest.
+    pub role: String,
+    /// May read but not send.
+    pub is_muted: bool,
+    /// May not join.
+    pub is_banned: bool,
+}
+
+/// A connection row as the CLI lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionRow {
+    /// Socket id.
+    pub socket_id: String,
+    /// User id (None for anonymous).
+    pub user_id: Option<String>,
+    /// websocket or polling.
+    pub transport: Option<String>,
+    /// Last measured latency.
+    pub latency_ms: Option<i32>,
+    /// When it connected.
+    pub connected_at: DateTime<Utc>,
+}
+
+/// An audit log row as the CLI lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    /// Event type (`connect`, `message:send`, ...).
+    pub event_type: String,
+    /// Socket id.
+    pub socket_id: Option<String>,
+    /// User id.
+    pub user_id: Option<String>,
+    /// Room id.
+    pub room_id: Option<String>,
+    /// JSON payload.
+    pub payload: Value,
+    /// When it happened.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Figures for `stats` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Connections with status `connected`.
+    pub active_connections: i64,
+    /// Of those, with a user id.
+    pub authenticated_connections: i64,
+    /// Rooms with `is_active`.
+    pub active_rooms: i64,
+    /// All rooms.
+    pub total_rooms: i64,
+    /// Presence rows per status.
+    pub presence: PresenceCounts,
+    /// Audit rows of the last hour.
+    pub events_last_hour: i64,
+    /// All audit rows.
+    pub events_total: i64,
+}
+
+/// Users per presence status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PresenceCounts {
+    /// online
+    pub online: i64,
+    /// away
+    pub away: i64,
+    /// busy
+    pub busy: i64,
+    /// offline
+    pub offline: i64,
+}
+
+/// One write-behind operation. The writer applies a batch of them in one transaction.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// A socket connected.
+    ConnectionOpened {
+        /// Socket id.
+        socket_id: String,
+        /// User id.
+        user_id: Option<String>,
+        /// Session id.
+        session_id: Option<String>,
+        /// websocket or polling.
+        transport: String,
+        /// Remote IP.
+        ip: Option<String>,
+        /// User-Agent header.
+        user_agent: Option<String>,
+        /// `handshake.auth.device`.
+        device_info: Option<Value>,
+        /// This node's id.
+        node_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A socket disconnected.
+    ConnectionClosed {
+        /// Socket id.
+        socket_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The client sent `ping`.
+    Ping {
+        /// Socket id.
+        socket_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// The client sent `pong` with a latency.
+    Pong {
+        /// Socket id.
+        socket_id: String,
+        /// Measured latency.
+        latency_ms: i32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A user's presence row, written whole.
+    Presence {
+        /// User id.
+        user_id: String,
+        /// Status text.
+        status: String,
+        /// Custom status text.
+        custom_status: Option<String>,
+        /// Custom status emoji.
+        custom_emoji: Option<String>,
+        /// Custom status expiry.
+        expires_at: Option<DateTime<Utc>>,
+        /// Live sockets of the user.
+        connections_count: i32,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Heartbeat of a live user.
+    Heartbeat {
+        /// User id.
+        user_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A typing entry was set or refreshed.
+    TypingSet {
+        /// Room id.
+        room_id: String,
+        /// User id.
+        user_id: String,
+        /// Thread id.
+        thread_id: Option<String>,
+        /// Start.
+        started_at: DateTime<Utc>,
+        /// Expiry.
+        expires_at: DateTime<Utc>,
+    },
+    /// A typing entry ended.
+    TypingClear {
+        /// Room id.
+        room_id: String,
+        /// User id.
+        user_id: String,
+        /// Thread id.
+        thread_id: Option<String>,
+    },
+    /// An audit log row.
+    Event {
+        /// Event type.
+        event_type: String,
+        /// Socket id.
+        socket_id: Option<String>,
+        /// User id.
+        user_id: Option<String>,
+        /// Room id.
+        room_id: Option<String>,
+        /// JSON payload.
+        payload: Value,
+        /// Remote IP.
+        ip: Option<String>,
+        /// Extra data (policy decisions).
+        metadata: Option<Value>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}

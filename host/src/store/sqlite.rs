@@ -1,0 +1,557 @@
+//! The embedded SQLite backend (the default: `sqlite://./data/realtime.db`).
+//!
+//! WAL mode with `synchronous=NORMAL`: one writer (the batching writer) and concurrent
+//! readers. Every statement is a fixed string with bound parameters.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    Backend, ConnectionRow, EventRow, Member, NewRoom, PresenceCounts, Room, Stats, StoreError,
+    WriteOp, parse_ts, ts,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+pub(super) struct SqliteBackend {
+    pool: SqlitePool,
+}
+
+fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+fn json_text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().map(|v| v.to_string())
+}
+
+fn room_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Room, StoreError> {
+    let parse_json = |col: &str| -> Value {
+        row.try_get::<String, _>(col)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Object(Default::default()))
+    };
+    let room_type: String = row.try_get("type")?;
+    let visibility: String = row.try_get("visibility")?;
+    Ok(Room {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        room_type: room_type.parse().map_err(StoreError::Corrupt)?,
+        visibility: visibility.parse().map_err(StoreError::Corrupt)?,
+        max_members: row.try_get("max_members")?,
+        is_active: row.try_get::<i64, _>("is_active")? != 0,
+        settings: parse_json("settings"),
+        metadata: parse_json("metadata"),
+        created_at: parse_ts(&row.try_get::<String, _>("created_at")?)?,
+    })
+}
+
+impl SqliteBackend {
+    pub(super) async fn connect(url: &str) -> Result<SqliteBackend, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(dir) = Path::new(opts.get_filename()).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteBackend { pool })
+    }
+}
+
+async fn apply_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
+        WriteOp::ConnectionOpened {
+            socket_id,
+            user_id,
+            session_id,
+            transport,
+            ip,
+            user_agent,
+            device_info,
+            node_id,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_connections (id, socket_id, user_id, session_id, status, \
+                 transport, ip_address, user_agent, device_info, connected_at, last_ping, last_pong, node_id) \
+                 VALUES (?, ?, ?, ?, 'connected', ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(socket_id) DO UPDATE SET status = 'connected', disconnected_at = NULL",
+            )
+            .bind(new_id())
+            .bind(socket_id)
+            .bind(user_id)
+            .bind(session_id)
+            .bind(transport)
+            .bind(ip)
+            .bind(user_agent)
+            .bind(json_text(device_info))
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .bind(node_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::ConnectionClosed { socket_id, at } => {
+            sqlx::query(
+                "UPDATE realtime_connections SET status = 'disconnected', disconnected_at = ? \
+                 WHERE socket_id = ?",
+            )
+            .bind(ts(*at))
+            .bind(socket_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::Ping { socket_id, at } => {
+            sqlx::query("UPDATE realtime_connections SET last_ping = ? WHERE socket_id = ?")
+                .bind(ts(*at))
+                .bind(socket_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        WriteOp::Pong {
+            socket_id,
+            latency_ms,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE realtime_connections SET last_pong = ?, latency_ms = ? WHERE socket_id = ?",
+            )
+            .bind(ts(*at))
+            .bind(latency_ms)
+            .bind(socket_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::Presence {
+            user_id,
+            status,
+            custom_status,
+            custom_emoji,
+            expires_at,
+            connections_count,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_presence (id, user_id, status, custom_status, custom_emoji, \
+                 expires_at, connections_count, last_active, last_heartbeat, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(user_id) DO UPDATE SET status = excluded.status, \
+                 custom_status = excluded.custom_status, custom_emoji = excluded.custom_emoji, \
+                 expires_at = excluded.expires_at, connections_count = excluded.connections_count, \
+                 last_active = excluded.last_active, last_heartbeat = excluded.last_heartbeat, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(new_id())
+            .bind(user_id)
+            .bind(status)
+            .bind(custom_status)
+            .bind(custom_emoji)
+            .bind(expires_at.map(ts))
+            .bind(connections_count)
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::Heartbeat { user_id, at } => {
+            sqlx::query(
+                "UPDATE realtime_presence SET last_heartbeat = ?, updated_at = ? WHERE user_id = ?",
+            )
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::TypingSet {
+            room_id,
+            user_id,
+            thread_id,
+            started_at,
+            expires_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_typing (id, room_id, user_id, thread_id, started_at, expires_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT(room_id, user_id, COALESCE(thread_id, '')) DO UPDATE SET \
+                 started_at = excluded.started_at, expires_at = excluded.expires_at",
+            )
+            .bind(new_id())
+            .bind(room_id)
+            .bind(user_id)
+            .bind(thread_id)
+            .bind(ts(*started_at))
+            .bind(ts(*expires_at))
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::TypingClear {
+            room_id,
+            user_id,
+            thread_id,
+        } => {
+            sqlx::query(
+                "DELETE FROM realtime_typing WHERE room_id = ? AND user_id = ? \
+                 AND thread_id IS ?",
+            )
+            .bind(room_id)
+            .bind(user_id)
+            .bind(thread_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::Event {
+            event_type,
+            socket_id,
+            user_id,
+            room_id,
+            payload,
+            ip,
+            metadata,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_events (id, event_type, socket_id, user_id, room_id, payload, \
+                 ip_address, metadata, created_at) VALUES (?, ?, ?, ?, \
+                 (SELECT id FROM realtime_rooms WHERE id = ?), ?, ?, ?, ?)",
+            )
+            .bind(new_id())
+            .bind(event_type)
+            .bind(socket_id)
+            .bind(user_id)
+            .bind(room_id)
+            .bind(payload.to_string())
+            .bind(ip)
+            .bind(json_text(metadata))
+            .bind(ts(*at))
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_room(&self, room: &NewRoom) -> Result<Room, StoreError> {
+        let now = ts(Utc::now());
+        let row = sqlx::query(
+            "INSERT INTO realtime_rooms (id, name, type, visibility, max_members, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at RETURNING *",
+        )
+        .bind(new_id())
+        .bind(&room.name)
+        .bind(room.room_type.as_str())
+        .bind(room.visibility.as_str())
+        .bind(room.max_members)
+        .bind(&now)
+        .bind(&now)
+        .fetch_one(&self.pool)
+        .await?;
+        room_from_row(&row)
+    }
+
+    async fn room(&self, name: &str) -> Result<Option<Room>, StoreError> {
+        let row = sqlx::query("SELECT * FROM realtime_rooms WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(room_from_row).transpose()
+    }
+
+    async fn rooms(&self, active_only: bool) -> Result<Vec<Room>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM realtime_rooms WHERE is_active = 1 OR ? = 0 ORDER BY created_at, name",
+        )
+        .bind(active_only)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(room_from_row).collect()
+    }
+
+    async fn set_room_active(&self, name: &str, active: bool) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE realtime_rooms SET is_active = ?, updated_at = ? WHERE name = ?")
+            .bind(active)
+            .bind(ts(Utc::now()))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn add_member(
+        &self,
+        room: &str,
+        user_id: &str,
+        role: &str,
+        muted: bool,
+        banned: bool,
+    ) -> Result<(), StoreError> {
+        let now = ts(Utc::now());
+        let r = sqlx::query(
+            "INSERT INTO realtime_room_members (id, room_id, user_id, role, is_muted, is_banned, joined_at, last_seen) \
+             SELECT ?, id, ?, ?, ?, ?, ?, ? FROM realtime_rooms WHERE name = ? \
+             ON CONFLICT(room_id, user_id) DO UPDATE SET role = excluded.role, \
+             is_muted = excluded.is_muted, is_banned = excluded.is_banned",
+        )
+        .bind(new_id())
+        .bind(user_id)
+        .bind(role)
+        .bind(muted)
+        .bind(banned)
+        .bind(&now)
+        .bind(&now)
+        .bind(room)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::RoomNotFound(room.into()));
+        }
+        Ok(())
+    }
+
+    async fn remove_member(&self, room: &str, user_id: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM realtime_room_members WHERE user_id = ? \
+             AND room_id = (SELECT id FROM realtime_rooms WHERE name = ?)",
+        )
+        .bind(user_id)
+        .bind(room)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<Member>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id, role, is_muted, is_banned FROM realtime_room_members \
+             WHERE room_id = ? AND user_id = ?",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| member_from_row(&r)).transpose()
+    }
+
+    async fn members(&self, room_id: &str) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, role, is_muted, is_banned FROM realtime_room_members \
+             WHERE room_id = ? ORDER BY joined_at, user_id",
+        )
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(member_from_row).collect()
+    }
+
+    async fn join(&self, room_id: &str, user_id: &str) -> Result<i64, StoreError> {
+        let now = ts(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO realtime_room_members (id, room_id, user_id, role, joined_at, last_seen) \
+             VALUES (?, ?, ?, 'member', ?, ?) \
+             ON CONFLICT(room_id, user_id) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(new_id())
+        .bind(room_id)
+        .bind(user_id)
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_room_members WHERE room_id = ?")
+                .bind(room_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn leave(&self, room_id: &str, user_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM realtime_room_members WHERE room_id = ? AND user_id = ?")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn member_count(&self, room_id: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_room_members WHERE room_id = ?")
+                .bind(room_id)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for op in ops {
+            apply_one(&mut tx, op).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let hour_ago = ts(Utc::now() - chrono::Duration::hours(1));
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected') AS active, \
+             (SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected' AND user_id IS NOT NULL) AS authed, \
+             (SELECT COUNT(*) FROM realtime_rooms WHERE is_active = 1) AS active_rooms, \
+             (SELECT COUNT(*) FROM realtime_rooms) AS total_rooms, \
+             (SELECT COUNT(*) FROM realtime_events WHERE created_at > ?) AS events_hour, \
+             (SELECT COUNT(*) FROM realtime_events) AS events_total",
+        )
+        .bind(hour_ago)
+        .fetch_one(&self.pool)
+        .await?;
+        let mut presence = PresenceCounts::default();
+        for r in sqlx::query("SELECT status, COUNT(*) AS n FROM realtime_presence GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let n: i64 = r.try_get("n")?;
+            match r.try_get::<String, _>("status")?.as_str() {
+                "online" => presence.online = n,
+                "away" => presence.away = n,
+                "busy" => presence.busy = n,
+                "offline" => presence.offline = n,
+                _ => {}
+            }
+        }
+        Ok(Stats {
+            active_connections: row.try_get("active")?,
+            authenticated_connections: row.try_get("authed")?,
+            active_rooms: row.try_get("active_rooms")?,
+            total_rooms: row.try_get("total_rooms")?,
+            presence,
+            events_last_hour: row.try_get("events_hour")?,
+            events_total: row.try_get("events_total")?,
+        })
+    }
+
+    async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT socket_id, user_id, transport, latency_ms, connected_at FROM realtime_connections \
+             WHERE status = 'connected' ORDER BY connected_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConnectionRow {
+                    socket_id: r.try_get("socket_id")?,
+                    user_id: r.try_get("user_id")?,
+                    transport: r.try_get("transport")?,
+                    latency_ms: r.try_get("latency_ms")?,
+                    connected_at: parse_ts(&r.try_get::<String, _>("connected_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn events(&self, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT event_type, socket_id, user_id, room_id, payload, created_at FROM realtime_events \
+             ORDER BY created_at DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let payload: String = r.try_get("payload")?;
+                Ok(EventRow {
+                    event_type: r.try_get("event_type")?,
+                    socket_id: r.try_get("socket_id")?,
+                    user_id: r.try_get("user_id")?,
+                    room_id: r.try_get("room_id")?,
+                    payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+                    created_at: parse_ts(&r.try_get::<String, _>("created_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn reset_live_state(&self) -> Result<(), StoreError> {
+        let now = ts(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE realtime_connections SET status = 'disconnected', disconnected_at = ? \
+             WHERE status <> 'disconnected'",
+        )
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE realtime_presence SET status = 'offline', connections_count = 0, updated_at = ? \
+             WHERE status <> 'offline' OR connections_count <> 0",
+        )
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM realtime_typing")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let typing = sqlx::query("DELETE FROM realtime_typing WHERE expires_at < ?")
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        let events = sqlx::query("DELETE FROM realtime_events WHERE created_at < ?")
+            .bind(ts(events_before))
+            .execute(&self.pool)
+            .await?;
+        Ok(typing.rows_affected() + events.rows_affected())
+    }
+}
+
+fn member_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Member, StoreError> {
+    Ok(Member {
+        user_id: r.try_get("user_id")?,
+        role: r.try_get("role")?,
+        is_muted: r.try_get::<i64, _>("is_muted")? != 0,
+        is_banned: r.try_get::<i64, _>("is_banned")? != 0,
+    })
+}

@@ -1,0 +1,267 @@
+//! A socket's link: its inbox and the task that owns its [`Session`].
+//!
+//! socketioxide spawns a task per incoming event, so two events of one socket may run out of
+//! order (a `message:send` could overtake the `room:join` before it). Here every event handler
+//! is an [`Inbox`] that only pushes the event onto the socket's bounded queue, synchronously,
+//! in arrival order; the link task handles them one at a time, as Node.js does. The queue is
+//! bounded: when a client floods faster than it is served, the excess is refused with
+//! `RATE_LIMIT_EXCEEDED` at once.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::{FromMessageParts, MessageHandler};
+use socketioxide::socket::{DisconnectReason, Socket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, Slot};
+use crate::error::{EventError, code};
+use crate::pipeline::{self, Conn, EventKind, Session};
+use crate::rooms::user_room;
+
+/// Events a socket may have queued before new ones are refused.
+const INBOX: usize = 64;
+
+enum Inbound<A: Adapter> {
+    Event {
+        kind: Option<EventKind>,
+        payload: Value,
+        ack: Option<AckSender<A>>,
+    },
+    Disconnect(&'static str),
+}
+
+/// Opened by the connect handler once the connect reply is out; the link waits for it before
+/// it emits anything (socketioxide refuses emits on a socket not yet connected).
+#[derive(Clone)]
+struct Gate(CancellationToken);
+
+/// An event handler that only queues the event for the link.
+struct Inbox<A: Adapter> {
+    kind: Option<EventKind>,
+    tx: mpsc::Sender<Box<Inbound<A>>>,
+}
+
+impl<A: Adapter> MessageHandler<A, ()> for Inbox<A> {
+    fn call(&self, s: Arc<Socket<A>>, mut v: socketioxide_core::Value, ack_id: Option<i64>) {
+        let payload = match TryData::<Value>::from_message_parts(&s, &mut v, &ack_id) {
+            Ok(TryData(Ok(p))) => p,
+            _ => Value::Null,
+        };
+        let ack = match ack_id {
+            Some(_) => AckSender::from_message_parts(&s, &mut v, &ack_id).ok(),
+            None => None,
+        };
+        let item = Box::new(Inbound::Event {
+            kind: self.kind,
+            payload,
+            ack,
+        });
+        if let Err(mpsc::error::TrySendError::Full(item)) = self.tx.try_send(item)
+            && let Inbound::Event { ack, .. } = *item
+        {
+            let e = EventError::new(code::RATE_LIMIT_EXCEEDED, "Too many events in flight")
+                .with_details(json!({ "retryAfterMs": 100 }));
+            match ack {
+                Some(ack) => {
+                    let _ = ack.send(&e.ack());
+                }
+                None => {
+                    let _ = SocketRef::from(s).emit("error", &e);
+                }
+            }
+        }
+    }
+}
+
+/// Registers the socket's handlers, joins its user room and spawns its link task.
+pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slot: Slot) {
+    let (tx, rx) = mpsc::channel(INBOX);
+    for kind in EventKind::ALL {
+        let enabled = match kind {
+            EventKind::TypingStart | EventKind::TypingStop => app.config.enable_typing,
+            EventKind::PresenceUpdate => app.config.enable_presence,
+            _ => true,
+        };
+        if enabled {
+            s.on(
+                kind.name(),
+                Inbox {
+                    kind: Some(kind),
+                    tx: tx.clone(),
+                },
+            );
+        }
+    }
+    s.on_fallback(Inbox {
+        kind: None,
+        tx: tx.clone(),
+    });
+    s.on_disconnect(move |reason: DisconnectReason| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Box::new(Inbound::Disconnect(reason_text(reason)))).await;
+        }
+    });
+    if let Some(user) = session.user_id() {
+        s.join(user_room(user));
+    }
+    let gate = CancellationToken::new();
+    s.extensions.insert(Gate(gate.clone()));
+    tokio::spawn(run(app, s.clone(), session, rx, gate, slot));
+}
+
+/// Called by the connect handler: the connect reply is out, the link may start.
+pub fn open<A: Adapter>(s: &SocketRef<A>) {
+    if let Some(Gate(gate)) = s.extensions.get::<Gate>() {
+        gate.cancel();
+    }
+}
+
+fn reason_text(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport close",
+        DisconnectReason::MultipleHttpPollingError => "multiple http polling error",
+        DisconnectReason::PacketParsingError => "parse error",
+        DisconnectReason::TransportError => "transport error",
+        DisconnectReason::HeartbeatTimeout => "ping timeout",
+        DisconnectReason::ClientNSDisconnect => "client namespace disconnect",
+        DisconnectReason::ServerNSDisconnect => "server namespace disconnect",
+        DisconnectReason::ClosingServer => "server shutting down",
+    }
+}
+
+struct SocketConn<A: Adapter>(SocketRef<A>);
+
+#[async_trait::async_trait]
+impl<A: Adapter> Conn for SocketConn<A> {
+    fn id(&self) -> &str {
+        self.0.id.as_str()
+    }
+    fn join(&self, room: &str) {
+        self.0.join(room.to_string());
+    }
+    fn leave(&self, room: &str) {
+        self.0.leave(room.to_string());
+    }
+    fn emit(&self, event: &'static str, data: &Value) {
+        if let Err(e) = self.0.emit(event, data) {
+            tracing::debug!(socket = %self.0.id, event, error = %e, "emit failed");
+        }
+    }
+    async fn to_others(&self, room: &str, event: &'static str, data: &Value) {
+        if let Err(e) = self.0.to(room.to_string()).emit(event, data).await {
+            tracing::debug!(event, error = %e, "broadcast incomplete");
+        }
+    }
+    fn disconnect(&self) {
+        let _ = self.0.clone().disconnect();
+    }
+}
+
+fn expiry_deadline(session: &Session, leeway: u64) -> Option<tokio::time::Instant> {
+    let exp = session.identity.expires_at?;
+    let at = exp.saturating_add(i64::try_from(leeway).unwrap_or(i64::MAX));
+    let left = at.saturating_sub(chrono::Utc::now().timestamp()).max(0) as u64;
+    Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left))
+}
+
+async fn run<A: Adapter>(
+    app: Arc<App>,
+    socket: SocketRef<A>,
+    mut session: Session,
+    mut rx: mpsc::Receiver<Box<Inbound<A>>>,
+    gate: CancellationToken,
+    _slot: Slot,
+) {
+    if tokio::time::timeout(app.config.connect_timeout, gate.cancelled())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let conn = SocketConn(socket.clone());
+    let authed = session.identity.is_authenticated();
+    app.metrics.connections_total.inc();
+    app.metrics.connections_active.inc();
+    if authed {
+        app.metrics.connections_authenticated.inc();
+    }
+    pipeline::on_connect(&app, &session, &conn).await;
+    let leeway = app.config.jwt_leeway_seconds;
+    let mut expired = false;
+    let reason = loop {
+        let deadline = if expired {
+            None
+        } else {
+            expiry_deadline(&session, leeway)
+        };
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = sleep_until(deadline) => {
+                expired = true;
+                let e = EventError::new(code::TOKEN_EXPIRED, "Token expired");
+                pipeline::audit(&app, &session, "error", json!({"code": e.code}));
+                conn.emit("error", &serde_json::to_value(&e).unwrap_or_default());
+                conn.disconnect();
+                continue;
+            }
+        };
+        let Some(item) = item else {
+            break "transport close";
+        };
+        match *item {
+            Inbound::Disconnect(reason) => break reason,
+            Inbound::Event { kind, payload, ack } => {
+                handle(&app, &mut session, &conn, kind, payload, ack).await;
+            }
+        }
+    };
+    pipeline::on_disconnect(&app, &session, reason).await;
+    app.metrics.connections_active.dec();
+    if authed {
+        app.metrics.connections_authenticated.dec();
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle<A: Adapter>(
+    app: &App,
+    session: &mut Session,
+    conn: &SocketConn<A>,
+    kind: Option<EventKind>,
+    payload: Value,
+    ack: Option<AckSender<A>>,
+) {
+    let Some(kind) = kind else {
+        // Unknown events are ignored, as the original did; an ack still gets its one answer.
+        if let Some(ack) = ack {
+            let e = EventError::new(code::VALIDATION_ERROR, "Unknown event");
+            let _ = ack.send(&e.ack());
+        }
+        return;
+    };
+    let out = pipeline::handle(app, session, conn, kind, payload).await;
+    match (ack, &out.error) {
+        (Some(ack), _) => {
+            if let Err(e) = ack.send(&out.ack) {
+                tracing::debug!(socket = %session.socket_id, error = %e, "ack not sent");
+            }
+        }
+        (None, Some(e)) => conn.emit("error", &serde_json::to_value(e).unwrap_or_default()),
+        (None, None) => {}
+    }
+    if out.disconnect {
+        tracing::info!(socket = %session.socket_id, "disconnecting a socket that keeps exceeding its rate limit");
+        conn.disconnect();
+    }
+}

@@ -269,10 +269,7 @@ mod tests {
         let ok = |c: Value| a.verify(&hs(Algorithm::HS256, c, SECRET));
         // (claims, expected user or error)
         let cases: Vec<(Value, Result<Option<&str>, AuthError>)> = vec![
-            (
-                json!({"userId": "u1", "exp": now() + 60}),
-                Ok(Some("u1")),
-            ),
+            (json!({"userId": "u1", "exp": now() + 60}), Ok(Some("u1"))),
             (json!({"sub": "u2", "exp": now() + 60}), Ok(Some("u2"))),
             (json!({"userId": "u3"}), Ok(Some("u3"))), // no exp: accepted, as the original
             (
@@ -290,11 +287,7 @@ mod tests {
         ];
         for (claims, want) in cases {
             let got = ok(claims.clone()).map(|i| i.user_id);
-            assert_eq!(
-                got,
-                want.map(|u| u.map(String::from)),
-                "claims {claims}"
-            );
+            assert_eq!(got, want.map(|u| u.map(String::from)), "claims {claims}");
         }
     }
 
@@ -397,7 +390,8 @@ mod tests {
         let b = s.as_bytes();
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().fold(0u32, |acc, &x| (acc << 8) | x as u32) << (8 * (3 - chunk.len()));
+            let n =
+                chunk.iter().fold(0u32, |acc, &x| (acc << 8) | x as u32) << (8 * (3 - chunk.len()));
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }

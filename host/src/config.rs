@@ -283,7 +283,9 @@ impl Config {
             .is_some_and(|e| e.eq_ignore_ascii_case("production"));
         let jwt_algorithm = parse_algorithm(&v)?;
         let jwt_secret = v.raw("REALTIME_JWT_SECRET");
-        let jwt_public_key = v.raw("REALTIME_JWT_PUBLIC_KEY").map(|k| k.replace("\\n", "\n"));
+        let jwt_public_key = v
+            .raw("REALTIME_JWT_PUBLIC_KEY")
+            .map(|k| k.replace("\\n", "\n"));
         check_auth_rules(production, jwt_algorithm, &jwt_secret, &jwt_public_key)?;
         let log_format = match v.raw("LOG_FORMAT").map(|s| s.to_ascii_lowercase()) {
             None if production => LogFormat::Json,
@@ -350,10 +352,9 @@ impl Config {
             event_rate: v.positive("REALTIME_EVENT_RATE", 50u32)?,
             event_burst,
             log_events: v.bool("REALTIME_LOG_EVENTS", true)?,
-            log_event_types: parse_event_types(&v.string(
-                "REALTIME_LOG_EVENT_TYPES",
-                "connect,disconnect,error",
-            )),
+            log_event_types: parse_event_types(
+                &v.string("REALTIME_LOG_EVENT_TYPES", "connect,disconnect,error"),
+            ),
             event_retention_days: v.positive("REALTIME_EVENT_RETENTION_DAYS", 30u32)?,
             shutdown_timeout: v.millis("REALTIME_SHUTDOWN_TIMEOUT", 30_000)?,
             enable_health: v.bool("REALTIME_ENABLE_HEALTH", true)?,
@@ -383,7 +384,9 @@ fn parse_algorithm(v: &Vars<'_>) -> Result<JwtAlgorithm, ConfigError> {
     } else {
         "HS256"
     };
-    let raw = v.string("REALTIME_JWT_ALGORITHM", default).to_ascii_uppercase();
+    let raw = v
+        .string("REALTIME_JWT_ALGORITHM", default)
+        .to_ascii_uppercase();
     Ok(match raw.as_str() {
         "HS256" => JwtAlgorithm::Hs256,
         "HS384" => JwtAlgorithm::Hs384,
@@ -421,8 +424,9 @@ fn check_auth_rules(
     if hmac && secret.is_none() && public_key.is_some() {
         return Err(ConfigError::Rule {
             var: "REALTIME_JWT_ALGORITHM",
-            reason: "an HMAC algorithm needs REALTIME_JWT_SECRET; use RS256 or ES256 with a public key"
-                .into(),
+            reason:
+                "an HMAC algorithm needs REALTIME_JWT_SECRET; use RS256 or ES256 with a public key"
+                    .into(),
         });
     }
     if !hmac && public_key.is_none() {

@@ -61,8 +61,11 @@ impl EventError {
 
     /// `VALIDATION_ERROR` naming the offending field.
     pub fn validation(field: &str, problem: &str) -> EventError {
-        EventError::new(code::VALIDATION_ERROR, format!("Invalid {field}: {problem}"))
-            .with_details(json!({ "field": field }))
+        EventError::new(
+            code::VALIDATION_ERROR,
+            format!("Invalid {field}: {problem}"),
+        )
+        .with_details(json!({ "field": field }))
     }
 
     /// `ROOM_NOT_FOUND` with the original's message.

@@ -140,7 +140,11 @@ impl Metrics {
             "Time to handle a client event",
             m.event_seconds.clone(),
         );
-        registry.register("messages", "Messages broadcast to rooms", m.messages.clone());
+        registry.register(
+            "messages",
+            "Messages broadcast to rooms",
+            m.messages.clone(),
+        );
         registry.register(
             "store_writes",
             "Rows committed by the write-behind writer",
@@ -171,7 +175,11 @@ impl Metrics {
             "Connected users per presence status",
             m.presence_users.clone(),
         );
-        registry.register("uptime_seconds", "Seconds since start", m.uptime_seconds.clone());
+        registry.register(
+            "uptime_seconds",
+            "Seconds since start",
+            m.uptime_seconds.clone(),
+        );
         registry.register(
             "resident_memory_bytes",
             "Resident memory of the process",

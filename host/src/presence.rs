@@ -199,7 +199,10 @@ impl PresenceManager for MemoryPresence {
         let mut users = self.lock();
         let mut changed = Vec::new();
         for (user_id, e) in users.iter_mut() {
-            if e.custom.as_ref().is_some_and(|c| c.expires_at.is_some_and(|t| t <= now)) {
+            if e.custom
+                .as_ref()
+                .is_some_and(|c| c.expires_at.is_some_and(|t| t <= now))
+            {
                 e.custom = None;
                 changed.push(state(user_id, e));
             }

@@ -147,7 +147,15 @@ mod tests {
         for ok in ["general", "a", "team-1.chat:x@y_z", &"x".repeat(255)] {
             assert!(validate_room_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "has space", "#user:1", "ü", "a/b", &"x".repeat(256), "a\0b"] {
+        for bad in [
+            "",
+            "has space",
+            "#user:1",
+            "ü",
+            "a/b",
+            &"x".repeat(256),
+            "a\0b",
+        ] {
             assert!(validate_room_name(bad).is_err(), "{bad:?}");
         }
         assert!(validate_room_name(&user_room("u1")).is_err());
@@ -161,9 +169,19 @@ mod tests {
         let m = member("member", false, false);
         let cases: Vec<(Room, Option<Member>, i64, Option<&str>)> = vec![
             (room(Channel, Public, None), None, 0, None),
-            (room(Channel, Private, None), None, 0, Some(code::ROOM_ACCESS_DENIED)),
+            (
+                room(Channel, Private, None),
+                None,
+                0,
+                Some(code::ROOM_ACCESS_DENIED),
+            ),
             (room(Channel, Secret, None), Some(m.clone()), 0, None),
-            (room(Dm, Public, None), None, 0, Some(code::ROOM_ACCESS_DENIED)),
+            (
+                room(Dm, Public, None),
+                None,
+                0,
+                Some(code::ROOM_ACCESS_DENIED),
+            ),
             (room(Group, Public, None), Some(m.clone()), 1, None),
             (
                 room(Channel, Public, None),
@@ -171,7 +189,12 @@ mod tests {
                 0,
                 Some(code::ROOM_ACCESS_DENIED),
             ),
-            (room(Channel, Public, Some(2)), None, 2, Some(code::ROOM_FULL)),
+            (
+                room(Channel, Public, Some(2)),
+                None,
+                2,
+                Some(code::ROOM_FULL),
+            ),
             (room(Channel, Public, Some(2)), Some(m.clone()), 2, None),
             (room(Channel, Public, Some(2)), None, 1, None),
         ];
@@ -207,9 +230,18 @@ mod tests {
             code_of(check_send(&bc, Some(&member("member", false, false)))).as_deref(),
             Some(code::ROOM_ACCESS_DENIED)
         );
-        assert_eq!(code_of(check_send(&bc, None)).as_deref(), Some(code::ROOM_ACCESS_DENIED));
-        assert_eq!(code_of(check_send(&bc, Some(&member("moderator", false, false)))), None);
-        assert_eq!(code_of(check_send(&bc, Some(&member("admin", false, false)))), None);
+        assert_eq!(
+            code_of(check_send(&bc, None)).as_deref(),
+            Some(code::ROOM_ACCESS_DENIED)
+        );
+        assert_eq!(
+            code_of(check_send(&bc, Some(&member("moderator", false, false)))),
+            None
+        );
+        assert_eq!(
+            code_of(check_send(&bc, Some(&member("admin", false, false)))),
+            None
+        );
     }
 
     #[test]
@@ -217,9 +249,18 @@ mod tests {
         use RoomType::*;
         use Visibility::*;
         let plain = member("member", false, false);
-        assert!(leave_deletes_membership(&room(Channel, Public, None), Some(&plain)));
-        assert!(!leave_deletes_membership(&room(Channel, Private, None), Some(&plain)));
-        assert!(!leave_deletes_membership(&room(Group, Public, None), Some(&plain)));
+        assert!(leave_deletes_membership(
+            &room(Channel, Public, None),
+            Some(&plain)
+        ));
+        assert!(!leave_deletes_membership(
+            &room(Channel, Private, None),
+            Some(&plain)
+        ));
+        assert!(!leave_deletes_membership(
+            &room(Group, Public, None),
+            Some(&plain)
+        ));
         assert!(!leave_deletes_membership(
             &room(Channel, Public, None),
             Some(&member("member", true, false))

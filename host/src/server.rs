@@ -124,14 +124,24 @@ pub async fn run(
     tracing::info!("shutting down: draining connections");
     app.draining.cancel();
     let left = |d: Instant| d.saturating_duration_since(Instant::now());
-    if tokio::time::timeout(left(deadline), io.close())
+    // Links see `draining` and clean up first (socketioxide's close does not run disconnect
+    // handlers); then the transports are closed, which clients see as a transport close and
+    // answer by reconnecting (to another instance behind the load balancer).
+    while app.slots.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let remaining = app.slots.load(Ordering::Acquire);
+    if remaining > 0 {
+        tracing::warn!(
+            remaining,
+            "shutdown timeout reached with connections still open"
+        );
+    }
+    if tokio::time::timeout(left(deadline).max(Duration::from_secs(1)), io.close())
         .await
         .is_err()
     {
-        tracing::warn!("closing sockets timed out");
-    }
-    while app.slots.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tracing::warn!("closing transports timed out");
     }
     tasks_stop.cancel();
     let _ = janitor.await;
@@ -155,7 +165,8 @@ pub async fn run(
 /// Periodic work: typing expiry (with `typing:event`), custom status expiry (with
 /// `presence:changed`), presence heartbeats, and audit retention.
 async fn janitor(app: Arc<App>, stop: CancellationToken) {
-    let tick = (app.config.typing_timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let tick = (app.config.typing_timeout / 10)
+        .clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heartbeat = Instant::now();
@@ -168,7 +179,12 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
         let now = Utc::now();
         for update in app.typing.expire(now).await {
             app.fanout
-                .room(&update.key.room, Some(&update.user_id), "typing:event", &update.event())
+                .room(
+                    &update.key.room,
+                    Some(&update.user_id),
+                    "typing:event",
+                    &update.event(),
+                )
                 .await;
         }
         for state in app.presence.expire(now).await {

@@ -1,5 +1,7 @@
 //! Management subcommands against the store, printing the original's table formats.
 
+use std::io::Write;
+
 use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 
@@ -9,8 +11,15 @@ use crate::rooms::validate_room_name;
 use crate::server::create_default_rooms;
 use crate::store::{NewRoom, Store};
 
+/// `println!` that does not panic when stdout is closed (e.g. piped into `head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Truncates to `n` characters (the original sliced JavaScript strings).
@@ -24,22 +33,25 @@ const ROLES: [&str; 4] = ["admin", "moderator", "member", "guest"];
 pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url).await?;
     match command {
-        Command::Serve => unreachable_serve(),
+        // `serve` is dispatched by main and never reaches here.
+        Command::Serve => {}
         Command::Init { json } => {
             if !json {
-                println!("Creating default rooms...");
+                outln!("Creating default rooms...");
             }
             create_default_rooms(&store).await?;
             if !json {
-                println!("Cleaning up stale data...");
+                outln!("Cleaning up stale data...");
             }
             let before =
                 Utc::now() - chrono::Duration::days(i64::from(config.event_retention_days));
             let removed = store.cleanup(before).await?;
             if json {
-                print_json(&json!({"success": true, "defaultRooms": crate::server::DEFAULT_ROOMS, "removedRows": removed}));
+                print_json(
+                    &json!({"success": true, "defaultRooms": crate::server::DEFAULT_ROOMS, "removedRows": removed}),
+                );
             } else {
-                println!("✓ Initialization complete");
+                outln!("✓ Initialization complete");
             }
         }
         Command::Stats { json } => {
@@ -48,18 +60,18 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
                 print_json(&serde_json::to_value(&s)?);
             } else {
                 let line = "=".repeat(50);
-                println!("\nRealtime Server Statistics");
-                println!("{line}");
-                println!("Active Connections:      {}", s.active_connections);
-                println!("Authenticated Users:     {}", s.authenticated_connections);
-                println!("Active Rooms:            {}", s.active_rooms);
-                println!("\nPresence:");
-                println!("  Online:  {}", s.presence.online);
-                println!("  Away:    {}", s.presence.away);
-                println!("  Busy:    {}", s.presence.busy);
-                println!("  Offline: {}", s.presence.offline);
-                println!("\nEvents (last hour):      {}", s.events_last_hour);
-                println!("{line}\n");
+                outln!("\nRealtime Server Statistics");
+                outln!("{line}");
+                outln!("Active Connections:      {}", s.active_connections);
+                outln!("Authenticated Users:     {}", s.authenticated_connections);
+                outln!("Active Rooms:            {}", s.active_rooms);
+                outln!("\nPresence:");
+                outln!("  Online:  {}", s.presence.online);
+                outln!("  Away:    {}", s.presence.away);
+                outln!("  Busy:    {}", s.presence.busy);
+                outln!("  Offline: {}", s.presence.offline);
+                outln!("\nEvents (last hour):      {}", s.events_last_hour);
+                outln!("{line}\n");
             }
         }
         Command::Rooms { json } => {
@@ -67,12 +79,12 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             if json {
                 print_json(&serde_json::to_value(&rooms)?);
             } else {
-                println!("\nActive Rooms");
-                println!("{}", "=".repeat(70));
-                println!("NAME                TYPE        VISIBILITY   CREATED");
-                println!("{}", "-".repeat(70));
+                outln!("\nActive Rooms");
+                outln!("{}", "=".repeat(70));
+                outln!("NAME                TYPE        VISIBILITY   CREATED");
+                outln!("{}", "-".repeat(70));
                 for r in rooms {
-                    println!(
+                    outln!(
                         "{:<20} {:<12} {:<12} {}",
                         r.name,
                         r.room_type.as_str(),
@@ -80,7 +92,7 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
                         r.created_at.format("%Y-%m-%d")
                     );
                 }
-                println!("{}\n", "=".repeat(70));
+                outln!("{}\n", "=".repeat(70));
             }
         }
         Command::CreateRoom {
@@ -105,9 +117,11 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             if json {
                 print_json(&serde_json::to_value(&room)?);
             } else {
-                println!(
+                outln!(
                     "✓ Room created: {} ({}, {})",
-                    room.name, room.room_type, room.visibility
+                    room.name,
+                    room.room_type,
+                    room.visibility
                 );
             }
         }
@@ -137,9 +151,11 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             }
             store.add_member(&room, &user, &role, muted, banned).await?;
             if json {
-                print_json(&json!({"room": room, "userId": user, "role": role, "muted": muted, "banned": banned}));
+                print_json(
+                    &json!({"room": room, "userId": user, "role": role, "muted": muted, "banned": banned}),
+                );
             } else {
-                println!("✓ Member added: {user} to {room} ({role})");
+                outln!("✓ Member added: {user} to {room} ({role})");
             }
         }
         Command::RemoveMember { room, user, json } => {
@@ -150,7 +166,7 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             if json {
                 print_json(&json!({"room": room, "userId": user, "removed": true}));
             } else {
-                println!("✓ Member removed: {user} from {room}");
+                outln!("✓ Member removed: {user} from {room}");
             }
         }
         Command::Connections { json } => {
@@ -158,17 +174,17 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             if json {
                 print_json(&serde_json::to_value(&rows)?);
             } else {
-                println!("{}", "=".repeat(100));
-                println!(
+                outln!("{}", "=".repeat(100));
+                outln!(
                     "SOCKET ID            USER ID              TRANSPORT    LATENCY    CONNECTED AT"
                 );
-                println!("{}", "-".repeat(100));
+                outln!("{}", "-".repeat(100));
                 for c in rows {
                     let latency = c
                         .latency_ms
                         .map(|l| l.to_string())
                         .unwrap_or_else(|| "-".into());
-                    println!(
+                    outln!(
                         "{:<20} {:<20} {:<12} {:<10} {}",
                         cut(&c.socket_id, 20),
                         cut(c.user_id.as_deref().unwrap_or("anonymous"), 20),
@@ -177,7 +193,7 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
                         c.connected_at.to_rfc3339_opts(SecondsFormat::Millis, true)
                     );
                 }
-                println!("{}", "=".repeat(100));
+                outln!("{}", "=".repeat(100));
             }
         }
         Command::Events { number, json } => {
@@ -188,11 +204,11 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             if json {
                 print_json(&serde_json::to_value(&rows)?);
             } else {
-                println!("{}", "=".repeat(100));
-                println!("TIME                 EVENT TYPE           USER ID              ROOM ID");
-                println!("{}", "-".repeat(100));
+                outln!("{}", "=".repeat(100));
+                outln!("TIME                 EVENT TYPE           USER ID              ROOM ID");
+                outln!("{}", "-".repeat(100));
                 for e in rows {
-                    println!(
+                    outln!(
                         "{:<20} {:<20} {:<20} {}",
                         e.created_at.format("%H:%M:%S"),
                         e.event_type,
@@ -200,13 +216,9 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
                         e.room_id.as_deref().unwrap_or("-")
                     );
                 }
-                println!("{}", "=".repeat(100));
+                outln!("{}", "=".repeat(100));
             }
         }
     }
     Ok(())
-}
-
-fn unreachable_serve() {
-    // `serve` is dispatched by main before a store is opened here.
 }

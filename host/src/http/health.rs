@@ -20,7 +20,10 @@ pub async fn live() -> impl IntoResponse {
 /// Readiness: accepting new connections (false while draining).
 pub async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
     if app.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }

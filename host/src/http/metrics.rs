@@ -53,7 +53,9 @@ pub async fn metrics(
             ("away", presence.away),
             ("busy", presence.busy),
         ] {
-            m.presence_users.get_or_create(&StatusLabel { status }).set(n);
+            m.presence_users
+                .get_or_create(&StatusLabel { status })
+                .set(n);
         }
         m.uptime_seconds.set(app.started.elapsed().as_secs() as i64);
         m.resident_memory_bytes.set(rss_bytes() as i64);

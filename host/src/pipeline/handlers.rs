@@ -151,7 +151,11 @@ async fn leave(
     if let Some(user) = session.user_id() {
         let member = match joined.and_then(|j| j.member) {
             Some(m) => Some(m),
-            None => app.store.member(&room.id, user).await.map_err(|e| fail(&e))?,
+            None => app
+                .store
+                .member(&room.id, user)
+                .await
+                .map_err(|e| fail(&e))?,
         };
         if rooms::leave_deletes_membership(&room, member.as_ref()) {
             app.store
@@ -170,9 +174,10 @@ async fn leave(
 }
 
 async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Value, EventError> {
-    let joined = session.joined.get(&msg.room).ok_or_else(|| {
-        EventError::new(code::NOT_IN_ROOM, "Join the room before sending to it")
-    })?;
+    let joined = session
+        .joined
+        .get(&msg.room)
+        .ok_or_else(|| EventError::new(code::NOT_IN_ROOM, "Join the room before sending to it"))?;
     rooms::check_send(&joined.room, joined.member.as_ref())?;
     let dedupe_key = session.user_id().zip(msg.client_message_id.as_deref());
     if let Some((user, cid)) = dedupe_key
@@ -201,7 +206,9 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
             },
         );
     }
-    app.fanout.room(&msg.room, None, "message:new", &event).await;
+    app.fanout
+        .room(&msg.room, None, "message:new", &event)
+        .await;
     app.metrics.messages.inc();
     Ok(json!({ "messageId": message_id, "timestamp": timestamp }))
 }
@@ -214,9 +221,10 @@ async fn typing(
     thread: Option<String>,
     start: bool,
 ) -> Result<(), EventError> {
-    let joined = session.joined.get(&room).ok_or_else(|| {
-        EventError::new(code::NOT_IN_ROOM, "Join the room before typing in it")
-    })?;
+    let joined = session
+        .joined
+        .get(&room)
+        .ok_or_else(|| EventError::new(code::NOT_IN_ROOM, "Join the room before typing in it"))?;
     let user = session.user_id().ok_or_else(|| {
         EventError::new(
             code::ROOM_ACCESS_DENIED,

@@ -42,7 +42,12 @@ pub async fn on_connect(app: &App, session: &Session, conn: &dyn Conn) {
         node_id: app.node_id.clone(),
         at: Utc::now(),
     });
-    audit(app, session, "connect", json!({ "transport": session.transport }));
+    audit(
+        app,
+        session,
+        "connect",
+        json!({ "transport": session.transport }),
+    );
     if app.config.enable_presence
         && let Some(user) = session.user_id()
         && let Some(state) = app.presence.connect(user).await
@@ -55,8 +60,15 @@ pub async fn on_connect(app: &App, session: &Session, conn: &dyn Conn) {
 /// Cleans up after a socket: its typing entries (peers get `typing:event`), its rooms (peers
 /// get `user:left` when the user's last socket leaves), its user's presence, its row.
 pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
+    if app.is_draining() {
+        // Every socket is going: persist, but do not fan out per socket (n x n sends).
+        return forget(app, session, reason).await;
+    }
     for update in app.typing.clear_socket(&session.socket_id).await {
-        let room_id = session.joined.get(&update.key.room).map(|j| j.room.id.clone());
+        let room_id = session
+            .joined
+            .get(&update.key.room)
+            .map(|j| j.room.id.clone());
         if let Some(room_id) = room_id {
             app.writer.write(WriteOp::TypingClear {
                 room_id,
@@ -87,6 +99,22 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
             persist_presence(app, &state);
             broadcast_presence(app, &state, session.joined.keys().cloned().collect()).await;
         }
+    }
+    app.writer.write(WriteOp::ConnectionClosed {
+        socket_id: session.socket_id.clone(),
+        at: Utc::now(),
+    });
+    audit(app, session, "disconnect", json!({ "reason": reason }));
+}
+
+/// Shutdown path of [`on_disconnect`]: state and rows only, no broadcasts.
+async fn forget(app: &App, session: &Session, reason: &str) {
+    app.typing.clear_socket(&session.socket_id).await;
+    if app.config.enable_presence
+        && let Some(user) = session.user_id()
+        && let Some(state) = app.presence.disconnect(user).await
+    {
+        persist_presence(app, &state);
     }
     app.writer.write(WriteOp::ConnectionClosed {
         socket_id: session.socket_id.clone(),

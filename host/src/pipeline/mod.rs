@@ -200,9 +200,10 @@ async fn run(
     // 2. rate limit
     if let Err(not_until) = session.limiter.check() {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
-        return Err(EventError::new(code::RATE_LIMIT_EXCEEDED, "Too many events").with_details(
-            json!({ "retryAfterMs": wait.as_millis().max(1) as u64 }),
-        ));
+        return Err(
+            EventError::new(code::RATE_LIMIT_EXCEEDED, "Too many events")
+                .with_details(json!({ "retryAfterMs": wait.as_millis().max(1) as u64 })),
+        );
     }
     // 3. policy chain: the WebAssembly policy modules run here (none are loaded yet).
     // 4-8. access rules, state, persist, fan-out: per request.

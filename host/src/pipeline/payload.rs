@@ -128,7 +128,7 @@ pub struct Limits {
     pub max_message_length: usize,
 }
 
-fn object<'a>(payload: &'a Value) -> Result<&'a Map<String, Value>, EventError> {
+fn object(payload: &Value) -> Result<&Map<String, Value>, EventError> {
     payload
         .as_object()
         .ok_or_else(|| EventError::validation("payload", "must be an object"))
@@ -284,7 +284,12 @@ pub fn parse(kind: EventKind, payload: &Value, limits: Limits) -> Result<Request
                 Some(Value::String(t)) if !t.is_empty() && t.len() <= 16 * 1024 => {
                     Request::Refresh { token: t.clone() }
                 }
-                _ => return Err(EventError::validation("token", "must be a non-empty string")),
+                _ => {
+                    return Err(EventError::validation(
+                        "token",
+                        "must be a non-empty string",
+                    ));
+                }
             }
         }
     })
@@ -313,17 +318,44 @@ mod tests {
             (EventKind::RoomJoin, json!({"roomName": "a b"})),
             (EventKind::RoomLeave, json!({"roomName": null})),
             (EventKind::MessageSend, json!({"roomName": "r"})),
-            (EventKind::MessageSend, json!({"roomName": "r", "content": ""})),
-            (EventKind::MessageSend, json!({"roomName": "r", "content": "x".repeat(11)})),
-            (EventKind::MessageSend, json!({"roomName": "r", "content": 1})),
-            (EventKind::MessageSend, json!({"roomName": "r", "content": "x", "metadata": []})),
-            (EventKind::MessageSend, json!({"roomName": "r", "content": "x", "threadId": 7})),
-            (EventKind::MessageSend, json!({"roomName": "r", "content": "x", "clientMessageId": {}})),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": ""}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x".repeat(11)}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": 1}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x", "metadata": []}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x", "threadId": 7}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x", "clientMessageId": {}}),
+            ),
             (EventKind::TypingStart, json!({"threadId": "t"})),
             (EventKind::PresenceUpdate, json!({"status": "sleeping"})),
-            (EventKind::PresenceUpdate, json!({"status": "away", "customStatus": "x"})),
-            (EventKind::PresenceUpdate, json!({"status": "away", "customStatus": {"text": "x".repeat(101)}})),
-            (EventKind::PresenceUpdate, json!({"status": "away", "customStatus": {"text": "x", "expiresAt": "soon"}})),
+            (
+                EventKind::PresenceUpdate,
+                json!({"status": "away", "customStatus": "x"}),
+            ),
+            (
+                EventKind::PresenceUpdate,
+                json!({"status": "away", "customStatus": {"text": "x".repeat(101)}}),
+            ),
+            (
+                EventKind::PresenceUpdate,
+                json!({"status": "away", "customStatus": {"text": "x", "expiresAt": "soon"}}),
+            ),
             (EventKind::Pong, json!({"timestamp": "now"})),
             (EventKind::AuthRefresh, json!({"token": ""})),
         ];
@@ -345,14 +377,30 @@ mod tests {
         assert_eq!(m.content, "héllo");
         assert_eq!(m.client_message_id.as_deref(), Some("c1"));
         // 10 multi-byte characters are 10 characters, not 20 bytes.
-        assert!(parse(EventKind::MessageSend, &json!({"roomName": "r", "content": "é".repeat(10)}), L).is_ok());
-        assert_eq!(parse(EventKind::Ping, &Value::Null, L).unwrap(), Request::Ping);
+        assert!(
+            parse(
+                EventKind::MessageSend,
+                &json!({"roomName": "r", "content": "é".repeat(10)}),
+                L
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            parse(EventKind::Ping, &Value::Null, L).unwrap(),
+            Request::Ping
+        );
         let p = parse(
             EventKind::PresenceUpdate,
             &json!({"status": "busy", "customStatus": {"text": "mtg", "emoji": "📅", "expiresAt": "2030-01-01T00:00:00Z"}}),
             L,
         )
         .unwrap();
-        assert!(matches!(p, Request::Presence { status: Status::Busy, custom: Some(_) }));
+        assert!(matches!(
+            p,
+            Request::Presence {
+                status: Status::Busy,
+                custom: Some(_)
+            }
+        ));
     }
 }

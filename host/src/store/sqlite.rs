@@ -302,12 +302,13 @@ impl Backend for SqliteBackend {
     }
 
     async fn set_room_active(&self, name: &str, active: bool) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE realtime_rooms SET is_active = ?, updated_at = ? WHERE name = ?")
-            .bind(active)
-            .bind(ts(Utc::now()))
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        let r =
+            sqlx::query("UPDATE realtime_rooms SET is_active = ?, updated_at = ? WHERE name = ?")
+                .bind(active)
+                .bind(ts(Utc::now()))
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
         Ok(r.rows_affected() > 0)
     }
 

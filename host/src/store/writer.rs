@@ -126,7 +126,10 @@ async fn commit(
                     None => tries >= 5,
                 };
                 if give_up {
-                    tracing::error!(rows = batch.len(), "write-behind batch dropped after retries");
+                    tracing::error!(
+                        rows = batch.len(),
+                        "write-behind batch dropped after retries"
+                    );
                     metrics.store_writes_dropped.inc_by(batch.len() as u64);
                     metrics.store_queue_depth.dec_by(batch.len() as i64);
                     batch.clear();

@@ -103,7 +103,9 @@ pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slo
     s.on_disconnect(move |reason: DisconnectReason| {
         let tx = tx.clone();
         async move {
-            let _ = tx.send(Box::new(Inbound::Disconnect(reason_text(reason)))).await;
+            let _ = tx
+                .send(Box::new(Inbound::Disconnect(reason_text(reason))))
+                .await;
         }
     });
     if let Some(user) = session.user_id() {
@@ -200,7 +202,9 @@ async fn run<A: Adapter>(
             expiry_deadline(&session, leeway)
         };
         let item = tokio::select! {
+            biased;
             item = rx.recv() => item,
+            _ = app.draining.cancelled() => break "server shutting down",
             _ = sleep_until(deadline) => {
                 expired = true;
                 let e = EventError::new(code::TOKEN_EXPIRED, "Token expired");

@@ -111,6 +111,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// `REALTIME_SEND_BUFFER` packets buffered per socket before it is cut off (default 1024).
     pub send_buffer: usize,
+    /// `REALTIME_WRITE_TIMEOUT` (ms, default 15000): a connection whose writes make no progress
+    /// this long (its peer stopped reading) is closed.
+    pub write_timeout: Duration,
     /// `REALTIME_JWT_SECRET`.
     pub jwt_secret: Option<String>,
     /// `REALTIME_JWT_PUBLIC_KEY` (PEM).
@@ -332,6 +335,7 @@ impl Config {
             max_payload_bytes: v.positive("REALTIME_MAX_PAYLOAD_BYTES", 1_000_000u64)?,
             connect_timeout: v.millis("REALTIME_CONNECT_TIMEOUT", 10_000)?,
             send_buffer: v.positive("REALTIME_SEND_BUFFER", 1024usize)?,
+            write_timeout: v.millis("REALTIME_WRITE_TIMEOUT", 15_000)?,
             jwt_secret,
             jwt_public_key,
             jwt_algorithm,

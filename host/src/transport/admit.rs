@@ -3,7 +3,7 @@
 //! original (and a plain socketioxide connect handler, which is spawned after the reply) could
 //! drop an event emitted right after connect.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
@@ -49,8 +49,8 @@ impl Refusal {
 fn peer_ip<A: Adapter>(s: &SocketRef<A>) -> Option<IpAddr> {
     s.req_parts()
         .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .get::<ConnectInfo<super::PeerAddr>>()
+        .map(|c| c.0.0.ip())
 }
 
 /// The token from `auth.token`, else from an `Authorization: Bearer` header.

@@ -3,6 +3,9 @@
 
 mod admit;
 mod link;
+mod stall;
+
+pub use stall::{GuardedListener, PeerAddr};
 
 use std::sync::Arc;
 use std::time::Duration;

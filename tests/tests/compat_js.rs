@@ -1,0 +1,62 @@
+//! Compatibility with the official `socket.io-client` (Node.js): runs `tests/node/*.mjs`
+//! against a TestHost and requires exit status 0. Needs `npm ci --prefix tests/node`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use nself_realtime_tests::{TEST_SECRET, TestHost};
+
+fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node")
+}
+
+async fn run_script(host: &TestHost, script: &str) {
+    let dir = node_dir();
+    assert!(
+        dir.join("node_modules").join("socket.io-client").is_dir(),
+        "tests/node/node_modules is missing: run `npm ci --prefix tests/node` first"
+    );
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(&dir)
+        .env("SERVER_URL", host.url())
+        .env("JWT_SECRET", TEST_SECRET)
+        .env("SCRIPT_TIMEOUT_MS", "30000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `node` (is Node.js >= 18 installed?): {e}"));
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("node {script} did not finish within 60 s"))
+        .expect("node output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("--- node {script} stdout ---\n{stdout}");
+    println!("--- node {script} stderr ---\n{stderr}");
+    assert!(
+        out.status.success(),
+        "node {script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_flow_with_the_official_client() {
+    let host = TestHost::start(&[]).await;
+    run_script(&host, "readme_flow.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_error_messages_with_the_official_client() {
+    let host = TestHost::start(&[]).await;
+    run_script(&host, "auth_errors.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_websocket_and_upgrade_with_the_official_client() {
+    let host = TestHost::start(&[]).await;
+    run_script(&host, "transports.mjs").await;
+}

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
+use crate::extensions::Extensions;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::presence::PresenceManager;
@@ -38,6 +39,8 @@ pub struct App {
     pub typing: Arc<dyn TypingTracker>,
     /// Broadcasts.
     pub fanout: Arc<dyn Fanout>,
+    /// Policy modules (None when `REALTIME_ENABLE_PLUGINS=false`).
+    pub extensions: Option<Arc<Extensions>>,
     /// `clientMessageId` memory.
     pub dedupe: Dedupe,
     /// New connections per minute per IP (None when disabled).

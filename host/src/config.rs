@@ -168,8 +168,16 @@ pub struct Config {
     pub enable_metrics: bool,
     /// `REALTIME_METRICS_PATH` (default /metrics).
     pub metrics_path: String,
+    /// `REALTIME_ENABLE_PLUGINS` (default true).
+    pub enable_plugins: bool,
     /// `REALTIME_PLUGINS_DIR` (default ./plugins).
     pub plugins_dir: PathBuf,
+    /// `REALTIME_PLUGIN_CACHE_DIR` (default ./data/plugin-cache; `off` disables the cache).
+    pub plugin_cache_dir: Option<PathBuf>,
+    /// `REALTIME_PLUGIN_TIMEOUT_MS` (default 10): CPU deadline of one policy call.
+    pub plugin_timeout: Duration,
+    /// `REALTIME_PLUGIN_MEMORY_MB` (default 16): memory cap of one policy instance.
+    pub plugin_memory_mb: u64,
     /// `LOG_LEVEL` (default info).
     pub log_level: String,
     /// `LOG_FORMAT` (default pretty; json when production).
@@ -365,7 +373,14 @@ impl Config {
             health_path: v.path("REALTIME_HEALTH_PATH")?,
             enable_metrics: v.bool("REALTIME_ENABLE_METRICS", true)?,
             metrics_path: v.path("REALTIME_METRICS_PATH")?,
+            enable_plugins: v.bool("REALTIME_ENABLE_PLUGINS", true)?,
             plugins_dir: PathBuf::from(v.string("REALTIME_PLUGINS_DIR", "./plugins")),
+            plugin_cache_dir: match v.string("REALTIME_PLUGIN_CACHE_DIR", "./data/plugin-cache") {
+                off if off == "off" => None,
+                dir => Some(PathBuf::from(dir)),
+            },
+            plugin_timeout: v.millis("REALTIME_PLUGIN_TIMEOUT_MS", 10)?,
+            plugin_memory_mb: plugin_memory(&v)?,
             log_level,
             log_format,
         })
@@ -440,6 +455,18 @@ fn check_auth_rules(
         });
     }
     Ok(())
+}
+
+fn plugin_memory(v: &Vars<'_>) -> Result<u64, ConfigError> {
+    let mb = v.positive("REALTIME_PLUGIN_MEMORY_MB", 16u64)?;
+    if mb > 256 {
+        return Err(invalid(
+            "REALTIME_PLUGIN_MEMORY_MB",
+            mb.to_string(),
+            "at most 256",
+        ));
+    }
+    Ok(mb)
 }
 
 fn parse_event_types(raw: &str) -> EventLogFilter {

@@ -53,6 +53,12 @@ impl EventError {
         }
     }
 
+    /// Replaces the code (a policy module's own code is passed through).
+    pub fn with_code(mut self, code: String) -> EventError {
+        self.code = Cow::Owned(code);
+        self
+    }
+
     /// Adds details.
     pub fn with_details(mut self, details: Value) -> EventError {
         self.details = Some(details);

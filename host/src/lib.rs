@@ -14,6 +14,7 @@
 //! | [`rooms`] | room name syntax and access rules (pure) |
 //! | [`presence`] | presence trait + in-memory implementation |
 //! | [`typing`] | typing trait + in-memory implementation |
+//! | [`extensions`] | WebAssembly policy modules: engine, registry, hot reload, chain |
 //! | [`fanout`] | broadcast trait over the Socket.IO adapter |
 //! | [`store`] | store trait, SQLite backend, write-behind batching writer |
 //! | [`dedupe`] | `clientMessageId` memory |
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod dedupe;
 pub mod error;
+pub mod extensions;
 pub mod fanout;
 pub mod http;
 pub mod metrics;

@@ -25,6 +25,13 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Label of per-module series (the module name only).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabel {
+    /// Module name.
+    pub module: String,
+}
+
 /// Label of refused connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -74,6 +81,18 @@ pub struct Metrics {
     pub store_write_failures: Counter,
     /// Writes waiting in the queue.
     pub store_queue_depth: Gauge,
+    /// Policy module calls.
+    pub plugin_calls: Family<ModuleLabel, Counter>,
+    /// Events a module rejected.
+    pub plugin_rejects: Family<ModuleLabel, Counter>,
+    /// Traps, timeouts and malformed verdicts.
+    pub plugin_failures: Family<ModuleLabel, Counter>,
+    /// Quarantines started.
+    pub plugin_quarantines: Family<ModuleLabel, Counter>,
+    /// Policy call time.
+    pub plugin_call_seconds: Family<ModuleLabel, Histogram>,
+    /// Module files that failed to load.
+    pub plugin_load_failures: Counter,
     /// Total events (for the JSON `events.total`).
     pub events_total: AtomicU64,
 }
@@ -110,6 +129,17 @@ impl Metrics {
             store_writes_dropped: Counter::default(),
             store_write_failures: Counter::default(),
             store_queue_depth: Gauge::default(),
+            plugin_calls: Family::default(),
+            plugin_rejects: Family::default(),
+            plugin_failures: Family::default(),
+            plugin_quarantines: Family::default(),
+            plugin_call_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1,
+                    0.000_5, 0.001, 0.005, 0.01, 0.05,
+                ])
+            }),
+            plugin_load_failures: Counter::default(),
             events_total: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -184,6 +214,36 @@ impl Metrics {
             "resident_memory_bytes",
             "Resident memory of the process",
             m.resident_memory_bytes.clone(),
+        );
+        registry.register(
+            "plugin_calls",
+            "Policy module calls",
+            m.plugin_calls.clone(),
+        );
+        registry.register(
+            "plugin_rejects",
+            "Events rejected by a policy module",
+            m.plugin_rejects.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Policy module traps, timeouts and malformed verdicts",
+            m.plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_quarantines",
+            "Policy module quarantines started",
+            m.plugin_quarantines.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Time of one policy module call",
+            m.plugin_call_seconds.clone(),
+        );
+        registry.register(
+            "plugin_load_failures",
+            "Policy module files that failed to load",
+            m.plugin_load_failures.clone(),
         );
         Metrics { registry, ..m }
     }

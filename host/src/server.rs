@@ -73,6 +73,19 @@ pub async fn run(
         metrics.clone(),
         writer_stop.clone(),
     );
+    let extensions = if config.enable_plugins {
+        let settings = crate::extensions::Settings {
+            dir: config.plugins_dir.clone(),
+            cache_dir: config.plugin_cache_dir.clone(),
+            timeout: config.plugin_timeout,
+            memory_bytes: (config.plugin_memory_mb as usize) << 20,
+            max_payload: config.max_payload_bytes as usize,
+        };
+        let kv = Arc::new(crate::extensions::kv::MemoryKv::default());
+        Some(crate::extensions::Extensions::start(settings, kv, metrics.clone()).await?)
+    } else {
+        None
+    };
     let (layer, io) = transport::layer(&config);
     let app = Arc::new(App {
         config: config.clone(),
@@ -83,6 +96,7 @@ pub async fn run(
         presence: Arc::new(MemoryPresence::default()),
         typing: Arc::new(MemoryTyping::default()),
         fanout: Arc::new(SocketIoFanout::new(io.clone())),
+        extensions: extensions.clone(),
         dedupe: Dedupe::new(100_000, Duration::from_secs(600)),
         ip_limiter: App::ip_limiter(config.connection_rate_per_minute),
         slots: Default::default(),
@@ -94,6 +108,7 @@ pub async fn run(
 
     let tasks_stop = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), tasks_stop.clone()));
+    let watcher = extensions.as_ref().map(|e| e.watch(tasks_stop.clone()));
     let router = http::router(app.clone())
         .layer(layer)
         .layer(transport::cors(&config))
@@ -138,6 +153,9 @@ pub async fn run(
     }
     tasks_stop.cancel();
     let _ = janitor.await;
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
     writer_stop.cancel();
     if tokio::time::timeout(left(deadline), writer_task)
         .await

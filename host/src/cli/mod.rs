@@ -2,6 +2,7 @@
 //! default (the original's formats), `--json` for scripts.
 
 mod output;
+mod plugins;
 
 use clap::{Parser, Subcommand};
 
@@ -87,6 +88,12 @@ pub enum Command {
     },
     /// List connected sockets.
     Connections {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List policy modules (name, version, hash, status, calls, rejects, traps, p50/p99).
+    Plugins {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

@@ -31,10 +31,13 @@ const ROLES: [&str; 4] = ["admin", "moderator", "member", "guest"];
 
 /// Runs a management subcommand (everything but `serve`).
 pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
+    if let Command::Plugins { json } = command {
+        return super::plugins::run(config, json).await;
+    }
     let store = Store::connect(&config.database_url).await?;
     match command {
-        // `serve` is dispatched by main and never reaches here.
-        Command::Serve => {}
+        // `serve` is dispatched by main, `plugins` above.
+        Command::Serve | Command::Plugins { .. } => {}
         Command::Init { json } => {
             if !json {
                 outln!("Creating default rooms...");

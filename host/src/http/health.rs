@@ -35,9 +35,25 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
         Ok(Ok(()))
     ) && app.writer.healthy();
+    let plugins = app
+        .extensions
+        .as_ref()
+        .map(|e| e.status())
+        .unwrap_or_default();
+    let count = |s: &str| plugins.iter().filter(|p| p.status == s).count();
+    let (loaded, failed, quarantined) = (count("loaded"), count("failed"), count("quarantined"));
+    let plugins_check = if app.extensions.is_none() {
+        "disabled"
+    } else if plugins.is_empty() {
+        "none"
+    } else if failed + quarantined > 0 {
+        "error"
+    } else {
+        "ok"
+    };
     let status = if app.is_draining() {
         "unhealthy"
-    } else if db_ok {
+    } else if db_ok && plugins_check != "error" {
         "healthy"
     } else {
         "degraded"
@@ -56,8 +72,9 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         "checks": {
             "database": if db_ok { "ok" } else { "error" },
             "redis": if app.config.redis_url.is_some() { "not-supported" } else { "disabled" },
-            "plugins": "none",
+            "plugins": plugins_check,
         },
+        "plugins": { "loaded": loaded, "failed": failed, "quarantined": quarantined },
         "store": {
             "backend": app.store.kind(),
             "queued": app.metrics.store_queue_depth.get(),

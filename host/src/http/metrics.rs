@@ -104,3 +104,14 @@ pub async fn metrics(
     }))
     .into_response()
 }
+
+/// `GET <metrics path>/plugins`: every policy module file with its status and call figures
+/// (what `nself-realtime plugins` shows).
+pub async fn plugins(State(app): State<Arc<App>>) -> Response {
+    let list = app
+        .extensions
+        .as_ref()
+        .map(|e| e.status())
+        .unwrap_or_default();
+    Json(json!({ "enabled": app.extensions.is_some(), "plugins": list })).into_response()
+}

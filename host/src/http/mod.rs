@@ -24,7 +24,12 @@ pub fn router(app: Arc<App>) -> Router {
             .route(&format!("{base}/ready"), get(health::ready));
     }
     if config.enable_metrics {
-        router = router.route(&config.metrics_path, get(metrics::metrics));
+        router = router
+            .route(&config.metrics_path, get(metrics::metrics))
+            .route(
+                &format!("{}/plugins", config.metrics_path),
+                get(metrics::plugins),
+            );
     }
     router.with_state(app)
 }

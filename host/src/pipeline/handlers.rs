@@ -76,7 +76,7 @@ pub(super) async fn dispatch(
                 )
                 .with_details(json!({"field": "token"})));
             }
-            session.identity = fresh;
+            session.set_identity(fresh);
             Ok(None)
         }
     }

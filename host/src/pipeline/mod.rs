@@ -12,6 +12,7 @@
 mod handlers;
 mod lifecycle;
 pub mod payload;
+mod policy;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -83,6 +84,10 @@ pub struct Session {
     pub joined: HashMap<String, Joined>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
+    /// The identity as policy modules see it (built on first use, reset on refresh).
+    policy_identity: Option<crate::extensions::PolicyIdentity>,
+    /// The policy decisions of the event being handled (for its audit row).
+    policy_trail: Vec<crate::extensions::Decision>,
 }
 
 impl Session {
@@ -100,7 +105,15 @@ impl Session {
             joined: HashMap::new(),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             strikes: 0,
+            policy_identity: None,
+            policy_trail: Vec::new(),
         }
+    }
+
+    /// Replaces the identity (after `auth:refresh`).
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = identity;
+        self.policy_identity = None;
     }
 
     /// The user id, if authenticated.
@@ -134,7 +147,9 @@ pub async fn handle(
     app.metrics
         .events_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    session.policy_trail.clear();
     let result = run(app, session, conn, kind, &payload).await;
+    let trail = std::mem::take(&mut session.policy_trail);
     app.metrics
         .event_seconds
         .get_or_create(&label)
@@ -152,7 +167,13 @@ pub async fn handle(
     };
     match result {
         Ok(data) => {
-            audit(app, session, kind.name(), audit_payload(kind, &payload));
+            audit_with(
+                app,
+                session,
+                kind.name(),
+                audit_payload(kind, &payload),
+                &trail,
+            );
             let ack = match data {
                 Some(d) => json!({ "success": true, "data": d }),
                 None => json!({ "success": true }),
@@ -170,11 +191,12 @@ pub async fn handle(
                     code: e.code.to_string(),
                 })
                 .inc();
-            audit(
+            audit_with(
                 app,
                 session,
                 "error",
                 json!({"event": kind.name(), "code": e.code, "message": e.message}),
+                &trail,
             );
             Outcome {
                 ack: e.ack(),
@@ -196,7 +218,7 @@ async fn run(
     let limits = payload::Limits {
         max_message_length: app.config.max_message_length,
     };
-    let request = payload::parse(kind, payload, limits)?;
+    let mut request = payload::parse(kind, payload, limits)?;
     // 2. rate limit
     if let Err(not_until) = session.limiter.check() {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -205,7 +227,12 @@ async fn run(
                 .with_details(json!({ "retryAfterMs": wait.as_millis().max(1) as u64 })),
         );
     }
-    // 3. policy chain: the WebAssembly policy modules run here (none are loaded yet).
+    // 3. policy chain: WebAssembly policy modules may reject or rewrite.
+    if let Some(ext) = &app.extensions
+        && ext.wants(kind.name())
+    {
+        request = policy::apply(app, ext, session, kind, payload, request, limits).await?;
+    }
     // 4-8. access rules, state, persist, fan-out: per request.
     handlers::dispatch(app, session, conn, request).await
 }
@@ -230,9 +257,21 @@ fn audit_payload(kind: EventKind, payload: &Value) -> Value {
 
 /// Writes an audit row when the event type is logged.
 pub(crate) fn audit(app: &App, session: &Session, event_type: &str, payload: Value) {
+    audit_with(app, session, event_type, payload, &[]);
+}
+
+/// Writes an audit row with the policy decisions that led to it.
+fn audit_with(
+    app: &App,
+    session: &Session,
+    event_type: &str,
+    payload: Value,
+    trail: &[crate::extensions::Decision],
+) {
     if !app.config.log_events || !app.config.log_event_types.includes(event_type) {
         return;
     }
+    let metadata = (!trail.is_empty()).then(|| json!({ "policy": trail }));
     let room_id = payload
         .get("roomName")
         .and_then(Value::as_str)
@@ -245,7 +284,7 @@ pub(crate) fn audit(app: &App, session: &Session, event_type: &str, payload: Val
         room_id,
         payload,
         ip: session.ip.clone(),
-        metadata: None,
+        metadata,
         at: Utc::now(),
     });
 }

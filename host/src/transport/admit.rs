@@ -32,6 +32,9 @@ pub enum Refusal {
     /// The server is draining.
     #[error("Server shutting down")]
     ShuttingDown,
+    /// A policy module refused the connection (its message).
+    #[error("{0}")]
+    Policy(String),
 }
 
 impl Refusal {
@@ -42,6 +45,7 @@ impl Refusal {
             Refusal::Capacity => "capacity",
             Refusal::TooMany => "rate_limit",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::Policy(_) => "policy",
         }
     }
 }
@@ -122,6 +126,36 @@ fn check<A: Adapter>(
         return Err(Refusal::TooMany);
     }
     let identity = app.auth.authenticate(token(s, auth).as_deref())?;
+    check_policy(app, s, auth, &identity)?;
     let slot = app.acquire_slot().ok_or(Refusal::Capacity)?;
     Ok((identity, slot, ip))
+}
+
+/// The `connect` event through the policy chain: payload = the handshake auth without the token.
+fn check_policy<A: Adapter>(
+    app: &App,
+    s: &SocketRef<A>,
+    auth: Option<&Value>,
+    identity: &crate::auth::Identity,
+) -> Result<(), Refusal> {
+    let Some(ext) = &app.extensions else {
+        return Ok(());
+    };
+    if !ext.wants("connect") {
+        return Ok(());
+    }
+    let mut payload = match auth {
+        Some(Value::Object(map)) => Value::Object(map.clone()),
+        _ => Value::Object(Default::default()),
+    };
+    if let Some(map) = payload.as_object_mut() {
+        map.remove("token");
+    }
+    let who = crate::extensions::PolicyIdentity::new(identity);
+    match ext.run("connect", &payload, s.id.as_str(), &who, None) {
+        crate::extensions::ChainResult::Reject { error, .. } => {
+            Err(Refusal::Policy(error.message.into_owned()))
+        }
+        crate::extensions::ChainResult::Pass { .. } => Ok(()),
+    }
 }

@@ -1,0 +1,115 @@
+//! `nself-realtime plugins`: the policy modules of the running server (asked over HTTP on
+//! `127.0.0.1:REALTIME_PORT`), or, when no server answers, the modules of the plugins
+//! directory as this process loads them (a check that they compile and describe themselves).
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::extensions::{Extensions, Settings, kv::MemoryKv};
+
+/// Prints the module table (or JSON).
+pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
+    let (source, list) = match from_server(config).await {
+        Some(list) => ("server", list),
+        None => ("local", local(config).await?),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let body = serde_json::json!({ "source": source, "plugins": list });
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    if source == "local" {
+        let _ = writeln!(
+            out,
+            "(no server answered on port {}: modules as loaded by this command, no call figures)",
+            config.port
+        );
+    }
+    let _ = writeln!(out, "{}", "=".repeat(110));
+    let _ = writeln!(
+        out,
+        "{:<20} {:<10} {:<12} {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}  FILE",
+        "NAME", "VERSION", "STATUS", "HASH", "CALLS", "REJECTS", "TRAPS", "P50(us)", "P99(us)"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(110));
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let n = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .map(|x| x.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    for p in &list {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<10} {:<12} {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+            s(p, "name"),
+            s(p, "version"),
+            s(p, "status"),
+            s(p, "hash"),
+            n(p, "calls"),
+            n(p, "rejects"),
+            n(p, "failures"),
+            n(p, "p50Us"),
+            n(p, "p99Us"),
+            s(p, "file"),
+        );
+        if let Some(e) = p.get("error").and_then(Value::as_str) {
+            let _ = writeln!(out, "    error: {e}");
+        }
+    }
+    let _ = writeln!(out, "{}", "=".repeat(110));
+    Ok(())
+}
+
+/// Asks the running server; None when nothing answers.
+async fn from_server(config: &Config) -> Option<Vec<Value>> {
+    let path = format!("{}/plugins", config.metrics_path);
+    let addr = if config.host.is_unspecified() {
+        format!("127.0.0.1:{}", config.port)
+    } else {
+        format!("{}:{}", config.host, config.port)
+    };
+    let fetch = async {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        tcp.take(16 << 20).read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8(buf).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") || head.to_ascii_lowercase().contains("chunked") {
+            return None;
+        }
+        let v: Value = serde_json::from_str(body).ok()?;
+        v.get("plugins")?.as_array().cloned()
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Loads the plugins directory here.
+async fn local(config: &Config) -> anyhow::Result<Vec<Value>> {
+    let settings = Settings {
+        dir: config.plugins_dir.clone(),
+        cache_dir: config.plugin_cache_dir.clone(),
+        timeout: config.plugin_timeout,
+        memory_bytes: (config.plugin_memory_mb as usize) << 20,
+        max_payload: config.max_payload_bytes as usize,
+    };
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let ext =
+        Extensions::start(settings, std::sync::Arc::new(MemoryKv::default()), metrics).await?;
+    Ok(ext
+        .status()
+        .into_iter()
+        .filter_map(|s| serde_json::to_value(s).ok())
+        .collect())
+}

@@ -1,0 +1,375 @@
+//! The wasmtime side: one [`Runtime`] (engine with pooling allocator and epoch deadlines,
+//! compiled-artifact cache), and [`Module`], a loaded policy with its pool of warm instances.
+//!
+//! Instantiating costs tens of microseconds, a call on a warm instance about one, so instances
+//! are reused: taken from the pool for a call, put back after it, thrown away when they trap
+//! and recycled after [`RECYCLE_AFTER`] calls (a module's memory only grows).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+
+use super::bindings::{
+    self, Descriptor, Event, Host, Level, POLICY_EXPORT, POLICY_EXPORT_PREFIX, PolicyModule,
+    PolicyModulePre, Verdict,
+};
+use super::kv::KvStore;
+
+/// Calls served by one instance before it is replaced by a fresh one.
+pub const RECYCLE_AFTER: u64 = 10_000;
+/// Warm instances kept per module.
+const POOL_SIZE: usize = 8;
+/// Epoch tick: the resolution of call deadlines.
+const TICK: Duration = Duration::from_millis(1);
+/// Largest wasm stack.
+const MAX_STACK: usize = 512 * 1024;
+/// Ceiling of any module's memory (the per-module cap is lower, from the sidecar).
+pub const MAX_MEMORY_MB: u64 = 256;
+/// Longest log line a module may write.
+const MAX_LOG: usize = 2048;
+
+/// Why a module could not be loaded; the text is what `/health` and the CLI show.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a valid component.
+    #[error("not a valid policy component: {0}")]
+    Compile(String),
+    /// Built against another interface version.
+    #[error("built against interface {found}, this server speaks {POLICY_EXPORT}")]
+    Version {
+        /// The export found.
+        found: String,
+    },
+    /// Does not export the policy interface.
+    #[error("does not export {POLICY_EXPORT}")]
+    NoExport,
+    /// Imports a capability policies are not granted.
+    #[error("imports {0}, which policy modules are not granted")]
+    Forbidden(String),
+    /// Instantiation or `describe` failed.
+    #[error("describe failed: {0}")]
+    Describe(String),
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Trap, deadline, memory cap, stack overflow or instantiation failure.
+    #[error("{0}")]
+    Trap(String),
+}
+
+/// The engine shared by every module.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// Builds the engine and starts its epoch ticker.
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(256)
+            .total_core_instances(1024)
+            .total_memories(256)
+            .total_tables(1024)
+            .max_memory_size((MAX_MEMORY_MB as usize) << 20)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(1 << 20);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_STACK)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })?;
+        if let Some(dir) = &cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "plugin cache disabled");
+        }
+        Ok(Runtime { engine, cache_dir })
+    }
+
+    /// Compiles (or loads the cached compilation of) a component. Blocking: run it off the
+    /// event path.
+    pub fn compile(&self, bytes: &[u8], hash: &str) -> Result<Component, LoadError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{hash}.cwasm")));
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` of this same engine
+            // configuration, in a directory owned by the server; wasmtime rejects artifacts
+            // of another version or configuration with an error, which falls back below.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::debug!(error = %e, "stale plugin cache entry"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(path) = cached {
+            match component.serialize() {
+                Ok(art) => write_atomically(&path, &art),
+                Err(e) => tracing::debug!(error = %e, "plugin not cached"),
+            }
+        }
+        Ok(component)
+    }
+
+    /// Checks the component's interface, links it, instantiates it once and calls `describe`.
+    pub fn load(
+        &self,
+        component: Component,
+        limits: Limits,
+        kv: Arc<dyn KvStore>,
+        config: &str,
+    ) -> Result<(Module, Descriptor), LoadError> {
+        check_interface(&self.engine, &component)?;
+        let mut linker: Linker<State> = Linker::new(&self.engine);
+        PolicyModule::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        super::wasi::define(&mut linker, &self.engine, &component)
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PolicyModulePre::new)
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        let module = Module {
+            engine: self.engine.clone(),
+            pre,
+            limits,
+            kv,
+            name: Arc::from("(loading)"),
+            pool: Mutex::new(Vec::new()),
+        };
+        let mut inst = module
+            .instantiate()
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        inst.store.set_epoch_deadline(ticks(limits.timeout) * 10);
+        let descriptor = inst
+            .bindings
+            .nself_realtime_policy()
+            .call_describe(&mut inst.store, config)
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        if descriptor.name.is_empty() || descriptor.name.len() > 64 {
+            return Err(LoadError::Describe(
+                "module name must be 1-64 characters".into(),
+            ));
+        }
+        let module = Module {
+            name: Arc::from(descriptor.name.as_str()),
+            ..module
+        };
+        Ok((module, descriptor))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let r = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::debug!(error = %e, "plugin cache write failed");
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() as u64)
+        .div_ceil(TICK.as_millis().max(1) as u64)
+        .max(1)
+}
+
+/// Refuses a component that does not export this host's interface version, or that imports a
+/// capability policies are not granted (filesystem, sockets, HTTP).
+fn check_interface(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ty = component.component_type();
+    let mut exported = None;
+    for (name, _) in ty.exports(engine) {
+        if name == POLICY_EXPORT {
+            exported = Some(name.to_string());
+            break;
+        }
+        if name.starts_with(POLICY_EXPORT_PREFIX) {
+            return Err(LoadError::Version {
+                found: name.to_string(),
+            });
+        }
+    }
+    if exported.is_none() {
+        return Err(LoadError::NoExport);
+    }
+    for (name, item) in ty.imports(engine) {
+        let forbidden = ["wasi:filesystem/", "wasi:sockets/", "wasi:http/"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if forbidden && matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            return Err(LoadError::Forbidden(name.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Per-module limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU deadline of one call.
+    pub timeout: Duration,
+    /// Memory cap.
+    pub memory_bytes: usize,
+}
+
+/// The data of one instance's store: what the host imports need.
+pub struct State {
+    module: Arc<str>,
+    kv: Arc<dyn KvStore>,
+    limits: StoreLimits,
+}
+
+impl Host for State {
+    fn log(&mut self, level: Level, message: String) {
+        let message: String = message.chars().take(MAX_LOG).collect();
+        let module = &*self.module;
+        match level {
+            Level::Trace => tracing::trace!(target: "plugin", module, "{message}"),
+            Level::Debug => tracing::debug!(target: "plugin", module, "{message}"),
+            Level::Info => tracing::info!(target: "plugin", module, "{message}"),
+            Level::Warn => tracing::warn!(target: "plugin", module, "{message}"),
+            Level::Error => tracing::error!(target: "plugin", module, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        chrono::Utc::now().timestamp_millis().max(0) as u64
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<String> {
+        self.kv.get(&self.module, &key)
+    }
+
+    fn kv_set(&mut self, key: String, value: String, ttl_ms: Option<u64>) {
+        self.kv
+            .set(&self.module, &key, value, ttl_ms.map(Duration::from_millis))
+    }
+
+    fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
+        self.kv
+            .incr(&self.module, &key, delta, ttl_ms.map(Duration::from_millis))
+    }
+
+    fn kv_delete(&mut self, key: String) {
+        self.kv.delete(&self.module, &key)
+    }
+}
+
+impl bindings::nself::realtime::types::Host for State {}
+
+/// One instance: its store and its exports.
+struct Instance {
+    store: Store<State>,
+    bindings: PolicyModule,
+    calls: u64,
+}
+
+/// A loaded module: its pre-linked component and its warm instances.
+pub struct Module {
+    engine: Engine,
+    pre: PolicyModulePre<State>,
+    limits: Limits,
+    kv: Arc<dyn KvStore>,
+    name: Arc<str>,
+    pool: Mutex<Vec<Instance>>,
+}
+
+impl Module {
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let state = State {
+            module: self.name.clone(),
+            kv: self.kv.clone(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(64)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Instantiation runs the module's initialisers: give it a (generous) deadline too.
+        store.set_epoch_deadline(ticks(self.limits.timeout) * 10);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Trap(format!("instantiate: {e:#}")))?;
+        Ok(Instance {
+            store,
+            bindings,
+            calls: 0,
+        })
+    }
+
+    /// Calls `handle` on a warm instance within the module's deadline and memory cap.
+    pub fn handle(&self, event: &Event) -> Result<Verdict, CallError> {
+        let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut inst = match taken {
+            Some(i) => i,
+            None => self.instantiate()?,
+        };
+        inst.store.set_epoch_deadline(ticks(self.limits.timeout));
+        let result = inst
+            .bindings
+            .nself_realtime_policy()
+            .call_handle(&mut inst.store, event);
+        match result {
+            Ok(verdict) => {
+                inst.calls += 1;
+                if inst.calls < RECYCLE_AFTER {
+                    let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+                    if pool.len() < POOL_SIZE {
+                        pool.push(inst);
+                    }
+                }
+                Ok(verdict)
+            }
+            // A trapped instance is never reused.
+            Err(e) => Err(CallError::Trap(trap_text(&e))),
+        }
+    }
+}
+
+fn trap_text(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "deadline exceeded".into(),
+            wasmtime::Trap::StackOverflow => "stack overflow".into(),
+            other => other.to_string(),
+        };
+    }
+    let text = format!("{e:#}");
+    text.chars().take(300).collect()
+}

@@ -1,0 +1,340 @@
+//! The extension layer: WebAssembly policy modules (wasmtime components of `wit/`) that every
+//! client event, connect included, passes through before the native access rules.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `bindings.rs` | the generated WIT bindings (only file naming generated types) |
+//! | `engine.rs` | engine, limits, compile cache, a module's warm instance pool |
+//! | `wasi.rs` | the few WASI functions granted (randomness, clocks) |
+//! | `registry.rs` | live modules (atomic swap), file status, call statistics |
+//! | `watcher.rs` | hot reload |
+//! | `kv.rs` | the per-module key/value store |
+//! | `sidecar.rs` | `NAME.toml` settings |
+
+mod bindings;
+mod engine;
+pub mod kv;
+mod registry;
+pub mod sidecar;
+mod wasi;
+mod watcher;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use registry::{PluginStatus, QUARANTINE_AFTER, QUARANTINE_FOR};
+
+use self::bindings::{Event, Identity as WitIdentity, RoomInfo as WitRoom, Verdict};
+use self::engine::{Limits, Runtime};
+use self::kv::KvStore;
+use self::registry::{Loaded, Registry};
+use self::sidecar::OnError;
+use crate::auth::Identity;
+use crate::error::{EventError, code};
+use crate::metrics::Metrics;
+
+/// The sender as policy modules see it, built once per connection (and per token refresh).
+#[derive(Clone)]
+pub struct PolicyIdentity(WitIdentity);
+
+impl PolicyIdentity {
+    /// Converts an identity (claims serialized once here, not per event).
+    pub fn new(identity: &Identity) -> PolicyIdentity {
+        PolicyIdentity(WitIdentity {
+            user_id: identity.user_id.clone(),
+            session_id: identity.session_id.clone(),
+            roles: identity.roles.clone(),
+            claims_json: identity.claims.to_string(),
+        })
+    }
+}
+
+/// The room an event targets, for policy modules.
+#[derive(Debug, Clone)]
+pub struct PolicyRoom {
+    /// Room name.
+    pub name: String,
+    /// Room type.
+    pub room_type: String,
+    /// Visibility.
+    pub visibility: String,
+    /// The sender's role in the room, if a member.
+    pub member_role: Option<String>,
+}
+
+/// One module's answer, for the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// Module name.
+    pub module: String,
+    /// Module version.
+    pub version: String,
+    /// allow, modify, reject, error (failed and skipped or denied), quarantined.
+    pub verdict: &'static str,
+}
+
+/// What the chain decided.
+#[derive(Debug)]
+pub enum ChainResult {
+    /// Go on; with `Some` payload when a module rewrote it.
+    Pass {
+        /// The rewritten payload.
+        payload: Option<Value>,
+        /// Each module's answer.
+        decisions: Vec<Decision>,
+    },
+    /// Stop: the event is refused.
+    Reject {
+        /// What the client gets.
+        error: EventError,
+        /// Each module's answer.
+        decisions: Vec<Decision>,
+    },
+}
+
+/// Settings of the extension layer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where `*.wasm` (and `*.toml`) files are.
+    pub dir: PathBuf,
+    /// Where compiled artifacts are cached (None disables the cache).
+    pub cache_dir: Option<PathBuf>,
+    /// Default CPU deadline per call.
+    pub timeout: Duration,
+    /// Default memory cap.
+    pub memory_bytes: usize,
+    /// Largest payload a module may return.
+    pub max_payload: usize,
+}
+
+/// The extension layer of one server.
+pub struct Extensions {
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    max_payload: usize,
+}
+
+impl Extensions {
+    /// Builds the engine and loads the modules present now.
+    pub async fn start(
+        settings: Settings,
+        kv: Arc<dyn KvStore>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Extensions>> {
+        let runtime = Runtime::new(settings.cache_dir.clone())?;
+        let registry = Arc::new(Registry::new(
+            runtime,
+            kv,
+            metrics.clone(),
+            settings.dir.clone(),
+            Limits {
+                timeout: settings.timeout,
+                memory_bytes: settings.memory_bytes,
+            },
+        ));
+        registry.rescan().await;
+        Ok(Arc::new(Extensions {
+            registry,
+            metrics,
+            max_payload: settings.max_payload,
+        }))
+    }
+
+    /// Spawns the hot-reload watcher.
+    pub fn watch(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(watcher::run(self.registry.clone(), stop))
+    }
+
+    /// Re-reads the plugins directory now.
+    pub async fn rescan(&self) {
+        self.registry.rescan().await;
+    }
+
+    /// Every module file's status.
+    pub fn status(&self) -> Vec<PluginStatus> {
+        self.registry.status()
+    }
+
+    /// Whether any live module wants this event (lets callers skip preparing room info).
+    pub fn wants(&self, event: &str) -> bool {
+        self.registry.live().iter().any(|m| m.wants(event))
+    }
+
+    /// Runs the chain for one event: modules in priority order, each seeing the previous
+    /// one's output; the first reject stops it. Blocking for at most the modules' deadlines.
+    pub fn run(
+        &self,
+        name: &str,
+        payload: &Value,
+        socket_id: &str,
+        identity: &PolicyIdentity,
+        room: Option<&PolicyRoom>,
+    ) -> ChainResult {
+        let live = self.registry.live();
+        let mut decisions = Vec::new();
+        if !live.iter().any(|m| m.wants(name)) {
+            return ChainResult::Pass {
+                payload: None,
+                decisions,
+            };
+        }
+        let mut event = Event {
+            name: name.to_string(),
+            payload_json: payload.to_string(),
+            socket_id: socket_id.to_string(),
+            identity: identity.0.clone(),
+            room: room.map(|r| WitRoom {
+                name: r.name.clone(),
+                room_type: r.room_type.clone(),
+                visibility: r.visibility.clone(),
+                member_role: r.member_role.clone(),
+            }),
+        };
+        let mut rewritten = None;
+        let now = Instant::now();
+        for m in live.iter().filter(|m| m.wants(name)) {
+            let outcome = if m.stats.quarantined(now) {
+                Err("quarantined after repeated failures".to_string())
+            } else {
+                self.call(m, &event)
+            };
+            let verdict = match outcome {
+                Ok(v) => v,
+                Err(reason) => {
+                    decisions.push(decision(m, "error"));
+                    match m.on_error {
+                        OnError::Allow => continue,
+                        OnError::Deny => {
+                            let error = EventError::new(
+                                code::POLICY_REJECTED,
+                                format!("Rejected by policy {}", m.name),
+                            )
+                            .with_details(json!({ "plugin": &*m.name, "reason": reason }));
+                            return ChainResult::Reject { error, decisions };
+                        }
+                    }
+                }
+            };
+            match verdict {
+                Checked::Allow => decisions.push(decision(m, "allow")),
+                Checked::Modify(json, value) => {
+                    decisions.push(decision(m, "modify"));
+                    event.payload_json = json;
+                    rewritten = Some(value);
+                }
+                Checked::Reject(error) => {
+                    decisions.push(decision(m, "reject"));
+                    return ChainResult::Reject { error, decisions };
+                }
+            }
+        }
+        ChainResult::Pass {
+            payload: rewritten,
+            decisions,
+        }
+    }
+
+    /// Calls one module and checks its verdict; a failure is counted (and may quarantine).
+    fn call(&self, m: &Loaded, event: &Event) -> Result<Checked, String> {
+        let started = Instant::now();
+        let result = m.module.handle(event);
+        let elapsed = started.elapsed();
+        m.stats.record_latency(elapsed);
+        m.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics.plugin_calls.get_or_create(&m.label).inc();
+        self.metrics
+            .plugin_call_seconds
+            .get_or_create(&m.label)
+            .observe(elapsed.as_secs_f64());
+        let checked = match result {
+            Ok(v) => check_verdict(v, &m.name, self.max_payload),
+            Err(e) => Err(e.to_string()),
+        };
+        match &checked {
+            Ok(Checked::Reject(_)) => {
+                m.stats.succeed();
+                m.stats.rejects.fetch_add(1, Ordering::Relaxed);
+                self.metrics.plugin_rejects.get_or_create(&m.label).inc();
+            }
+            Ok(Checked::Modify(..)) => {
+                m.stats.succeed();
+                m.stats.modifies.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Checked::Allow) => m.stats.succeed(),
+            Err(reason) => {
+                self.metrics.plugin_failures.get_or_create(&m.label).inc();
+                tracing::warn!(module = %m.name, %reason, "policy module failed");
+                if m.stats.fail() {
+                    tracing::error!(module = %m.name, "policy module quarantined after repeated failures");
+                    self.metrics
+                        .plugin_quarantines
+                        .get_or_create(&m.label)
+                        .inc();
+                }
+            }
+        }
+        checked
+    }
+}
+
+fn decision(m: &Loaded, verdict: &'static str) -> Decision {
+    Decision {
+        module: m.name.to_string(),
+        version: m.version.to_string(),
+        verdict,
+    }
+}
+
+/// A verdict the host checked.
+enum Checked {
+    Allow,
+    Modify(String, Value),
+    Reject(EventError),
+}
+
+/// A module's own error code must look like one: 1-64 of `A-Z 0-9 _`.
+fn valid_code(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn check_verdict(v: Verdict, module: &str, max_payload: usize) -> Result<Checked, String> {
+    match v {
+        Verdict::Allow => Ok(Checked::Allow),
+        Verdict::Modify(json) => {
+            if json.len() > max_payload {
+                return Err(format!(
+                    "rewrite of {} bytes exceeds the {max_payload}-byte payload limit",
+                    json.len()
+                ));
+            }
+            let value: Value = serde_json::from_str(&json)
+                .map_err(|_| "malformed verdict: the rewritten payload is not JSON".to_string())?;
+            Ok(Checked::Modify(json, value))
+        }
+        Verdict::Reject(r) => {
+            if !valid_code(&r.code) {
+                return Err("malformed verdict: invalid error code".into());
+            }
+            let message: String = r.message.chars().take(500).collect();
+            let message = if message.is_empty() {
+                format!("Rejected by policy {module}")
+            } else {
+                message
+            };
+            Ok(Checked::Reject(
+                EventError::new(code::POLICY_REJECTED, message)
+                    .with_code(r.code)
+                    .with_details(json!({ "plugin": module })),
+            ))
+        }
+    }
+}

@@ -63,14 +63,27 @@ impl TestHost {
     /// empty value is unset (the config treats empty as unset). Panics when the server does not
     /// answer `<REALTIME_HEALTH_PATH>/live` within 10 s.
     pub async fn start(vars: &[(&str, &str)]) -> TestHost {
+        TestHost::start_with_plugins(vars, &[]).await
+    }
+
+    /// Like [`TestHost::start`], with these files (`NAME.wasm`, `NAME.toml`) in the plugins
+    /// directory before the server starts.
+    pub async fn start_with_plugins(vars: &[(&str, &str)], files: &[(&str, Vec<u8>)]) -> TestHost {
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).expect("plugins dir");
+        for (name, bytes) in files {
+            std::fs::write(plugins.join(name), bytes).expect("write plugin file");
+        }
         let mut map: HashMap<String, String> = HashMap::new();
         let db_url = format!("sqlite://{}/realtime.db", dir.path().display());
         map.insert("DATABASE_URL".into(), db_url);
         map.insert("REALTIME_HOST".into(), "127.0.0.1".into());
         map.insert("REALTIME_PLUGINS_DIR".into(), plugins.display().to_string());
+        map.insert(
+            "REALTIME_PLUGIN_CACHE_DIR".into(),
+            dir.path().join("plugin-cache").display().to_string(),
+        );
         map.insert("REALTIME_JWT_SECRET".into(), TEST_SECRET.into());
         map.insert("REALTIME_RATE_LIMIT".into(), "0".into());
         for (k, v) in vars {
@@ -147,6 +160,11 @@ impl TestHost {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The plugins directory the server watches.
+    pub fn plugins_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("plugins")
     }
 
     /// The temp directory (database, plugins).

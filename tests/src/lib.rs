@@ -60,3 +60,16 @@ pub fn ack_err(ack: &serde_json::Value, code: &str) -> serde_json::Value {
     );
     error
 }
+
+/// The bytes of a policy module built by `scripts/build-plugins` (`plugins/dist/NAME.wasm`).
+pub fn plugin_wasm(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/dist")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}. Build the policy modules first: scripts/build-plugins",
+            path.display()
+        )
+    })
+}

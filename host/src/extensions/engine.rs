@@ -166,18 +166,13 @@ impl Runtime {
             pre,
             limits,
             kv,
+            config: config.to_string(),
             name: Arc::from("(loading)"),
             pool: Mutex::new(Vec::new()),
         };
-        let mut inst = module
+        let (inst, descriptor) = module
             .instantiate()
             .map_err(|e| LoadError::Describe(e.to_string()))?;
-        inst.store.set_epoch_deadline(ticks(limits.timeout) * 10);
-        let descriptor = inst
-            .bindings
-            .nself_realtime_policy()
-            .call_describe(&mut inst.store, config)
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         if descriptor.name.is_empty() || descriptor.name.len() > 64 {
             return Err(LoadError::Describe(
                 "module name must be 1-64 characters".into(),
@@ -187,6 +182,7 @@ impl Runtime {
             name: Arc::from(descriptor.name.as_str()),
             ..module
         };
+        module.release(inst);
         Ok((module, descriptor))
     }
 }
@@ -303,12 +299,16 @@ pub struct Module {
     pre: PolicyModulePre<State>,
     limits: Limits,
     kv: Arc<dyn KvStore>,
+    /// The sidecar's config string: every instance is configured with it.
+    config: String,
     name: Arc<str>,
     pool: Mutex<Vec<Instance>>,
 }
 
 impl Module {
-    fn instantiate(&self) -> Result<Instance, CallError> {
+    /// A new instance, configured: `describe(config)` runs on every instance before its first
+    /// `handle` (a module builds its settings there).
+    fn instantiate(&self) -> Result<(Instance, Descriptor), CallError> {
         let state = State {
             module: self.name.clone(),
             kv: self.kv.clone(),
@@ -325,12 +325,28 @@ impl Module {
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| CallError::Trap(format!("instantiate: {e:#}")))?;
-        Ok(Instance {
+            .map_err(|e| CallError::Trap(format!("instantiate: {}", trap_text(&e))))?;
+        let descriptor = bindings
+            .nself_realtime_policy()
+            .call_describe(&mut store, &self.config)
+            .map_err(|e| CallError::Trap(format!("describe: {}", trap_text(&e))))?;
+        let inst = Instance {
             store,
             bindings,
             calls: 0,
-        })
+        };
+        Ok((inst, descriptor))
+    }
+
+    /// Puts a healthy instance back into the pool (or drops it when the pool is full or the
+    /// instance is due for recycling).
+    fn release(&self, inst: Instance) {
+        if inst.calls < RECYCLE_AFTER {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < POOL_SIZE {
+                pool.push(inst);
+            }
+        }
     }
 
     /// Calls `handle` on a warm instance within the module's deadline and memory cap.
@@ -338,7 +354,7 @@ impl Module {
         let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut inst = match taken {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => self.instantiate()?.0,
         };
         inst.store.set_epoch_deadline(ticks(self.limits.timeout));
         let result = inst
@@ -348,12 +364,7 @@ impl Module {
         match result {
             Ok(verdict) => {
                 inst.calls += 1;
-                if inst.calls < RECYCLE_AFTER {
-                    let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-                    if pool.len() < POOL_SIZE {
-                        pool.push(inst);
-                    }
-                }
+                self.release(inst);
                 Ok(verdict)
             }
             // A trapped instance is never reused.

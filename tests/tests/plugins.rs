@@ -177,3 +177,42 @@ async fn audit_rows_record_the_deciding_module() {
         "{meta}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_the_compiled_module_from_the_cache() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let cache_dir = cache.path().display().to_string();
+    let vars = [("REALTIME_PLUGIN_CACHE_DIR", cache_dir.as_str())];
+    let list = vec![file("profanity")];
+    let mut first = TestHost::start_with_plugins(&vars, &files(&list)).await;
+    first.shutdown().await.expect("shutdown");
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path())
+        .expect("read cache")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].extension().is_some_and(|x| x == "cwasm"));
+    let written = std::fs::metadata(&artifacts[0])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    tokio::time::sleep(ms(20)).await;
+
+    let second = TestHost::start_with_plugins(&vars, &files(&list)).await;
+    let status = second.http_request("/metrics/plugins", &[]).await.json();
+    assert_eq!(status["plugins"][0]["status"], "loaded", "{status}");
+    // Loaded from the artifact: not compiled (and rewritten) again.
+    let again = std::fs::metadata(&artifacts[0])
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(written, again, "the cached artifact was rewritten");
+    let mut sender = second.joined("sender", "general").await;
+    let ack = sender
+        .emit_ack(
+            "message:send",
+            json!({"roomName": "general", "content": "fine words"}),
+            ms(5000),
+        )
+        .await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+}

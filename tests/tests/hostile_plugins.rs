@@ -45,13 +45,7 @@ async fn failing_modules_fail_closed_and_the_host_lives_on() {
         let mut sender = host.joined("sender", "general").await;
         let mut bystander = host.client("bystander").await;
         let started = Instant::now();
-        let ack = sender
-            .emit_ack(
-                "message:send",
-                json!({"roomName": "general", "content": "hello"}),
-                ms(5000),
-            )
-            .await;
+        let ack = sender.send_message("general", "hello").await;
         assert_eq!(ack["success"], json!(false), "{fixture}: {ack}");
         assert_eq!(ack["error"]["code"], "POLICY_REJECTED", "{fixture}: {ack}");
         assert_eq!(
@@ -92,13 +86,7 @@ async fn on_error_allow_fails_open() {
         )
         .await;
         let mut sender = host.joined("sender", "general").await;
-        let ack = sender
-            .emit_ack(
-                "message:send",
-                json!({"roomName": "general", "content": "hello"}),
-                ms(5000),
-            )
-            .await;
+        let ack = sender.send_message("general", "hello").await;
         assert_eq!(ack["success"], json!(true), "{fixture}: {ack}");
     }
 }
@@ -108,26 +96,14 @@ async fn a_module_that_keeps_failing_is_quarantined() {
     let host = host_with("infinite-loop", "events = [\"message:send\"]\n").await;
     let mut sender = host.joined("sender", "general").await;
     for _ in 0..5 {
-        let ack = sender
-            .emit_ack(
-                "message:send",
-                json!({"roomName": "general", "content": "x"}),
-                ms(5000),
-            )
-            .await;
+        let ack = sender.send_message("general", "x").await;
         assert_eq!(ack["error"]["code"], "POLICY_REJECTED", "{ack}");
     }
     let s = status_of(&host, "infinite-loop").await;
     assert_eq!(s["status"], "quarantined", "{s}");
     let calls = s["calls"].as_u64().unwrap_or(0);
     // While quarantined the module is not called; the event still fails closed.
-    let ack = sender
-        .emit_ack(
-            "message:send",
-            json!({"roomName": "general", "content": "x"}),
-            ms(5000),
-        )
-        .await;
+    let ack = sender.send_message("general", "x").await;
     assert_eq!(ack["error"]["code"], "POLICY_REJECTED", "{ack}");
     assert_eq!(
         status_of(&host, "infinite-loop").await["calls"].as_u64(),
@@ -156,13 +132,7 @@ async fn forbidden_imports_and_other_versions_are_refused_at_load() {
         assert!(error.contains(needle), "{fixture}: {error}");
         // Nothing of it runs: events pass.
         let mut sender = host.joined("sender", "general").await;
-        let ack = sender
-            .emit_ack(
-                "message:send",
-                json!({"roomName": "general", "content": "hello"}),
-                ms(5000),
-            )
-            .await;
+        let ack = sender.send_message("general", "hello").await;
         assert_eq!(ack["success"], json!(true), "{fixture}: {ack}");
         let health = host.http_request("/health", &[]).await.json();
         assert_eq!(health["status"], "degraded", "{fixture}: {health}");

@@ -19,11 +19,7 @@ async fn sanitized_content_arrives_sanitized() {
     let mut reader = host.joined("reader", "general").await;
     let mut writer = host.joined("writer", "general").await;
     let ack = writer
-        .emit_ack(
-            "message:send",
-            json!({"roomName": "general", "content": "<script>alert(1)</script><b>hi</b> there"}),
-            ms(5000),
-        )
+        .send_message("general", "<script>alert(1)</script><b>hi</b> there")
         .await;
     assert_eq!(ack["success"], json!(true), "{ack}");
     let m = reader
@@ -95,13 +91,7 @@ async fn rate_limiter_rejects_a_burst() {
     let mut ok = 0;
     let mut limited = Vec::new();
     for i in 0..8 {
-        let ack = sender
-            .emit_ack(
-                "message:send",
-                json!({"roomName": "general", "content": format!("m{i}")}),
-                ms(5000),
-            )
-            .await;
+        let ack = sender.send_message("general", &format!("m{i}")).await;
         if ack["success"] == json!(true) {
             ok += 1;
         } else {
@@ -116,13 +106,7 @@ async fn rate_limiter_rejects_a_burst() {
     }
     // Another user has a budget of their own.
     let mut other = host.joined("quiet", "general").await;
-    let ack = other
-        .emit_ack(
-            "message:send",
-            json!({"roomName": "general", "content": "hello"}),
-            ms(5000),
-        )
-        .await;
+    let ack = other.send_message("general", "hello").await;
     assert_eq!(ack["success"], json!(true), "{ack}");
 }
 
@@ -207,12 +191,6 @@ async fn a_restart_loads_the_compiled_module_from_the_cache() {
         .expect("mtime");
     assert_eq!(written, again, "the cached artifact was rewritten");
     let mut sender = second.joined("sender", "general").await;
-    let ack = sender
-        .emit_ack(
-            "message:send",
-            json!({"roomName": "general", "content": "fine words"}),
-            ms(5000),
-        )
-        .await;
+    let ack = sender.send_message("general", "fine words").await;
     assert_eq!(ack["success"], json!(true), "{ack}");
 }

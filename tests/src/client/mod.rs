@@ -83,6 +83,16 @@ impl SioClient {
         self.send_raw(&encode_event(event, args, None));
     }
 
+    /// Sends `message:send {roomName, content}` and returns its ack (5 s at most).
+    #[track_caller]
+    pub fn send_message(&mut self, room: &str, content: &str) -> impl Future<Output = Value> + '_ {
+        self.emit_ack(
+            "message:send",
+            serde_json::json!({"roomName": room, "content": content}),
+            Duration::from_secs(5),
+        )
+    }
+
     /// Sends `42<id>["event", data]` and returns the ack's first argument. Panics (fails the
     /// test) when no ack arrives within `timeout`.
     #[track_caller]

@@ -1,0 +1,360 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: nself-realtime against the Node.js Socket.IO reference, in the same
+# run, alternating, under the same generator (realtime-bench) and the same CPU pinning.
+#
+#   NODE_REFERENCE_DIR=/path/to/node-reference bench/compare.sh [SCENARIO...]
+#
+# Scenarios (default: connections fanout-max):
+#   connections  CLIENTS idle clients (RSS per connection, slope, connect rate, pings)
+#   fanout       fixed-rate fan-out at RATE messages/s
+#   fanout-max   --find-max on both, then both at the reference's highest sustained rate
+#   typing       typing:start/stop storm at STORM_RATE events/s
+#   presence     presence:update storm at STORM_RATE events/s
+#   join         room:leave/join churn at STORM_RATE events/s
+#   policy       nself-realtime only: fan-out --find-max with no module vs the four example
+#                policy modules (built with scripts/build-plugins when missing)
+#   multi        two instances of each + Redis (REDIS_URL, default redis://127.0.0.1:6379),
+#                fan-out --find-max with the clients spread over both instances
+#
+# Every run starts a fresh server (SQLite in a scratch directory for nself-realtime, embedded
+# defaults otherwise) and prints one line per run; at the end a table per scenario with the
+# median of the rounds and the ratio nself-realtime / Node.js. Raw JSON reports stay in the
+# scratch directory (printed at the end; removed unless KEEP_SCRATCH=1).
+#
+# Environment (defaults in brackets):
+#   NODE_REFERENCE_DIR  the reference server (server.js, package.json); required; copied to
+#                       the scratch directory before `npm install`
+#   ROUNDS [2]          rounds; each round runs both servers, the order alternating
+#   SERVER_CPUS [1]     taskset CPU list of the servers;  GEN_CPUS [0]: of the generator
+#   CLIENTS [10000]     connections;  CHECKPOINTS [1000,5000,10000];  HOLD [30] seconds
+#   SOURCE_IPS [4]      loopback source addresses of the generator
+#   ROOMS [20] ROOM_SIZE [100] SENDERS [400] PAYLOAD [64]: fan-out shape
+#   RATE [200]          fan-out messages/s (fixed-rate run, and where --find-max starts)
+#   FIXED_RATE          fanout-max: rate of the latency run (default: the reference's maximum)
+#   DURATION [10]       seconds per measured step;  STEP_FACTOR [1.25] of --find-max
+#   STORM_RATE [2000]   events/s of the storms
+#   PRESENCE_SCOPE [all]  nself-realtime's REALTIME_PRESENCE_SCOPE
+#   SERVER_ENV          extra VAR=value words for nself-realtime (e.g. "REALTIME_EVENT_RATE=100")
+#   REDIS_URL [redis://127.0.0.1:6379]  for `multi`
+#   SERVER_BIN, BENCH_BIN  prebuilt nself-realtime / realtime-bench (default: cargo build --release)
+#   SCRATCH             scratch directory (default: a new temporary one)
+#   KEEP_SCRATCH [0]    keep it
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+die() { echo "compare.sh: $*" >&2; exit 1; }
+
+[ -n "${NODE_REFERENCE_DIR:-}" ] ||
+  die "NODE_REFERENCE_DIR is not set: point it at the Node.js reference server (server.js + package.json)"
+if [ ! -f "$NODE_REFERENCE_DIR/server.js" ] || [ ! -f "$NODE_REFERENCE_DIR/package.json" ]; then
+  die "NODE_REFERENCE_DIR=$NODE_REFERENCE_DIR has no server.js and package.json"
+fi
+for tool in node npm jq curl taskset python3; do
+  command -v "$tool" >/dev/null || die "$tool is required"
+done
+
+ROUNDS="${ROUNDS:-2}"
+SERVER_CPUS="${SERVER_CPUS:-1}"
+GEN_CPUS="${GEN_CPUS:-0}"
+CLIENTS="${CLIENTS:-10000}"
+CHECKPOINTS="${CHECKPOINTS:-1000,5000,10000}"
+HOLD="${HOLD:-30}"
+SOURCE_IPS="${SOURCE_IPS:-4}"
+ROOMS="${ROOMS:-20}"
+ROOM_SIZE="${ROOM_SIZE:-100}"
+SENDERS="${SENDERS:-400}"
+PAYLOAD="${PAYLOAD:-64}"
+RATE="${RATE:-200}"
+DURATION="${DURATION:-10}"
+STEP_FACTOR="${STEP_FACTOR:-1.25}"
+STORM_RATE="${STORM_RATE:-2000}"
+PRESENCE_SCOPE="${PRESENCE_SCOPE:-all}"
+SERVER_ENV="${SERVER_ENV:-}"
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+SECRET="bench-secret-0123456789abcdef0123456789"
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(connections fanout-max)
+
+scratch="${SCRATCH:-$(mktemp -d "${TMPDIR:-/tmp}/realtime-compare.XXXXXX")}"
+mkdir -p "$scratch/results"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  if [ "${KEEP_SCRATCH:-0}" != 1 ]; then rm -rf "$scratch"; fi
+}
+trap cleanup EXIT
+
+# Both servers and the generator may hold ~20k sockets: raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)"
+
+echo "== machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== scratch: $scratch"
+
+echo "== Node.js reference: copy and npm install"
+mkdir -p "$scratch/node-ref"
+(cd "$NODE_REFERENCE_DIR" && tar --exclude=node_modules -cf - .) | (cd "$scratch/node-ref" && tar -xf -)
+(cd "$scratch/node-ref" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+node_version="$(node --version)"
+sio_version="$(cd "$scratch/node-ref" && node -p 'require("socket.io/package.json").version')"
+
+target_dir="$(cd "$root" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
+server_bin="${SERVER_BIN:-$target_dir/release/nself-realtime}"
+bench_bin="${BENCH_BIN:-$target_dir/release/realtime-bench}"
+if [ -z "${SERVER_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
+  echo "== release build of nself-realtime and realtime-bench"
+  (cd "$root" && cargo build --release -q -p nself-realtime -p nself-realtime-bench)
+fi
+for bin in "$server_bin" "$bench_bin"; do
+  [ -x "$bin" ] || die "missing $bin"
+done
+
+wait_http() { # wait_http URL PID
+  for _ in $(seq 1 300); do
+    curl -fs -o /dev/null "$1" && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+stop_server() { # stop_server PID
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 300); do
+    kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
+# start_rust PORT PLUGINS_DIR [REDIS_URL] -> sets $server_pid
+start_rust() {
+  local port="$1" plugins="$2" redis="${3:-}" dir="$scratch/rust-$1-$RANDOM"
+  mkdir -p "$dir" "$plugins"
+  local -a envs=(DATABASE_URL="sqlite://$dir/realtime.db" REALTIME_HOST=127.0.0.1
+    REALTIME_PORT="$port" REALTIME_JWT_SECRET="$SECRET" REALTIME_RATE_LIMIT=0
+    REALTIME_MAX_CONNECTIONS=100000 REALTIME_PLUGINS_DIR="$plugins"
+    REALTIME_PLUGIN_CACHE_DIR="$dir/plugin-cache" REALTIME_PRESENCE_SCOPE="$PRESENCE_SCOPE"
+    LOG_LEVEL=warn)
+  [ -n "$redis" ] && envs+=(REALTIME_REDIS_URL="$redis")
+  # shellcheck disable=SC2206
+  envs+=($SERVER_ENV)
+  env "${envs[@]}" "$server_bin" init >/dev/null
+  local i
+  for ((i = 0; i < ROOMS; i++)); do
+    env "${envs[@]}" "$server_bin" create-room "bench-$i" >/dev/null
+  done
+  env "${envs[@]}" taskset -c "$SERVER_CPUS" "$server_bin" serve >"$dir/server.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_http "http://127.0.0.1:$port/health/live" "$server_pid" ||
+    die "nself-realtime did not start on $port (log: $dir/server.log)"
+}
+
+# start_node PORT [REDIS_URL] -> sets $server_pid
+start_node() {
+  local port="$1" redis="${2:-}"
+  local -a envs=(PORT="$port" HOST=127.0.0.1)
+  [ -n "$redis" ] && envs+=(REDIS_URL="$redis")
+  (cd "$scratch/node-ref" && exec env "${envs[@]}" taskset -c "$SERVER_CPUS" node server.js) \
+    >"$scratch/node-$port.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_http "http://127.0.0.1:$port/health" "$server_pid" ||
+    die "the Node.js reference did not start on $port (log: $scratch/node-$port.log)"
+}
+
+bench() { # bench OUT_JSON ARGS... (runs the generator pinned, JSON to OUT_JSON)
+  local out="$1"
+  shift
+  echo "   load $(cut -d' ' -f1-3 /proc/loadavg); realtime-bench $*" >&2
+  taskset -c "$GEN_CPUS" "$bench_bin" --json "$@" --secret "$SECRET" >"$out" ||
+    echo "   (generator failed; see above)" >&2
+}
+
+fanout_args=(--rooms "$ROOMS" --room-size "$ROOM_SIZE" --senders "$SENDERS" --payload "$PAYLOAD"
+  --duration "$DURATION" --source-ips "$SOURCE_IPS")
+
+# run_one SCENARIO SIDE ROUND: one server, one generator run.
+run_one() {
+  local scenario="$1" side="$2" round="$3" out="$scratch/results/$1-$2-$3.json"
+  local port=3301 url
+  [ "$side" = node ] && port=3401
+  url="http://127.0.0.1:$port"
+  local -a pidsargs=()
+  case "$side:$scenario" in
+    rust:policy-examples)
+      mkdir -p "$scratch/policy-plugins"
+      cp "$root"/plugins/{sanitizer,profanity,room-policy,rate-limiter}.wasm "$scratch/policy-plugins/"
+      # The limiter is configured never to refuse: the run measures the cost of the chain.
+      printf 'config = %s\n' "'{\"limit\": 1000000000, \"windowMs\": 1000}'" \
+        >"$scratch/policy-plugins/rate-limiter.toml"
+      start_rust "$port" "$scratch/policy-plugins" ;;
+    rust:multi)
+      start_rust "$port" "$scratch/no-plugins" "$REDIS_URL"
+      local first=$server_pid
+      start_rust $((port + 1)) "$scratch/no-plugins" "$REDIS_URL"
+      pidsargs=(--server-pid "$first" --url "http://127.0.0.1:$((port + 1))")
+      if curl -fs "http://127.0.0.1:$port/health" | grep -q '"redis":"not-supported"'; then
+        echo "   note: this nself-realtime build has no Redis fan-out (/health: redis not-supported): cross-instance deliveries will be missing" >&2
+      fi ;;
+    node:multi)
+      start_node "$port" "$REDIS_URL"
+      local first=$server_pid
+      start_node $((port + 1)) "$REDIS_URL"
+      pidsargs=(--server-pid "$first" --url "http://127.0.0.1:$((port + 1))") ;;
+    rust:*) start_rust "$port" "$scratch/no-plugins" ;;
+    node:*) start_node "$port" ;;
+  esac
+  echo "-- $scenario / $side / round $round (server pid $server_pid)" >&2
+  local -a common=(--url "$url" "${pidsargs[@]}")
+  case "$scenario" in
+    connections)
+      bench "$out" connections "${common[@]}" --clients "$CLIENTS" --checkpoints "$CHECKPOINTS" \
+        --hold "$HOLD" --source-ips "$SOURCE_IPS" ;;
+    fanout | fanout-fixed)
+      bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
+    fanout-max | policy-none | policy-examples | multi)
+      bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "$RATE" --find-max \
+        --step-factor "$STEP_FACTOR" ;;
+    typing | presence | join)
+      bench "$out" "$scenario" "${common[@]}" "${fanout_args[@]}" --rate "$STORM_RATE" ;;
+  esac
+  if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ]; then
+    stop_server "$((server_pid))"
+    stop_server "$first"
+  else
+    stop_server "$server_pid"
+  fi
+  summarize "$out" >&2
+}
+
+summarize() { # one line from a JSON report
+  [ -s "$1" ] || { echo "   (no report)"; return 0; }
+  python3 - "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+if "checkpoints" in r:
+    last = r["checkpoints"][-1] if r["checkpoints"] else {}
+    print(f"   {r['connected']} connected at {r['connect_rate']:.0f}/s, "
+          f"{last.get('per_conn_kib', 0):.1f} KiB/conn, slope {r['slope_kib_per_conn']:.1f}, "
+          f"pongs {r['pongs']}/{r['pings_sent']}, dropped {r['dropped']}")
+else:
+    for s in r["steps"]:
+        print(f"   rate {s['rate']:.0f}: delivered {s['delivered_per_s']:.0f}/s "
+              f"({s['completeness']*100:.2f} %), p99 {s['latency']['p99_ms']:.1f} ms, "
+              f"ack p99 {s['ack_rtt']['p99_ms']:.1f} ms, server cpu {s['server']['cpu_pct']:.0f} %, "
+              f"gen cpu {s['generator']['cpu_pct']:.0f} %{'' if s['held'] else ' (did not hold)'}")
+EOF
+}
+
+# run_pair SCENARIO_RUST SCENARIO_NODE LABEL: ROUNDS rounds, alternating the order.
+run_pair() {
+  local a="$1" b="$2" label="$3" round
+  for ((round = 1; round <= ROUNDS; round++)); do
+    if ((round % 2 == 1)); then
+      run_one "$a" rust "$round"
+      run_one "$b" node "$round"
+    else
+      run_one "$b" node "$round"
+      run_one "$a" rust "$round"
+    fi
+  done
+  table "$label" "$a" "$b"
+}
+
+table() { # table LABEL SCENARIO_A SCENARIO_B (A: nself-realtime side, B: the other column)
+  python3 - "$scratch/results" "$1" "$2" "$3" "$ROUNDS" <<'EOF'
+import json, os, statistics, sys
+d, label, a, b, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+def load(scen, side):
+    out = []
+    for i in range(1, rounds + 1):
+        p = os.path.join(d, f"{scen}-{side}-{i}.json")
+        if os.path.exists(p) and os.path.getsize(p) > 0:
+            out.append(json.load(open(p)))
+    return out
+side_b = "rust" if b.startswith("policy") else "node"
+ra, rb = load(a, "rust"), load(b, side_b)
+def figures(r):
+    if "checkpoints" in r:
+        cps = {c["connections"]: c for c in r["checkpoints"]}
+        f = {"connected": r["connected"], "connect rate /s": r["connect_rate"]}
+        for n, c in sorted(cps.items()):
+            f[f"KiB per conn at {n}"] = c["per_conn_kib"]
+        f["RSS slope KiB/conn"] = r["slope_kib_per_conn"]
+        f[f"projected RSS MiB at {r['project_to']}"] = r["projected_rss_mib"]
+        f["pongs answered"] = r["pongs"]
+        f["dropped"] = r["dropped"]
+        f["pong p99 ms"] = r["pong_rtt"]["p99_ms"]
+        return f
+    f = {}
+    if r["find_max"]:
+        s = r["max_held"]
+        if s is None:
+            return {"highest rate held msg/s": 0.0}
+        f["highest rate held msg/s"] = s["rate"]
+    else:
+        s = r["steps"][-1]
+    f.update({
+        "sent /s": s["sent_per_s"], "delivered /s": s["delivered_per_s"], "delivery %": s["completeness"] * 100,
+        "latency p50 ms": s["latency"]["p50_ms"], "latency p90 ms": s["latency"]["p90_ms"],
+        "latency p99 ms": s["latency"]["p99_ms"], "latency max ms": s["latency"]["max_ms"],
+        "ack p50 ms": s["ack_rtt"]["p50_ms"], "ack p99 ms": s["ack_rtt"]["p99_ms"],
+        "acks missing": s["acks_missing"], "server CPU %": s["server"]["cpu_pct"],
+        "server RSS MiB": s["server"]["rss_kib"] / 1024, "generator CPU %": s["generator"]["cpu_pct"],
+    })
+    return f
+def median(rs):
+    fs = [figures(r) for r in rs]
+    keys = []
+    for f in fs:
+        keys += [k for k in f if k not in keys]
+    return {k: statistics.median([f[k] for f in fs if k in f]) for k in keys}, keys
+ma, ka = median(ra) if ra else ({}, [])
+mb, kb = median(rb) if rb else ({}, [])
+names = ("nself (examples)", "nself (none)") if b.startswith("policy") else ("nself-realtime", "Node.js")
+if a == "policy-examples":
+    names = ("with modules", "no modules")
+print(f"\n### {label} (median of {len(ra)}/{len(rb)} runs)\n")
+print(f"| figure | {names[0]} | {names[1]} | ratio |")
+print("|---|---:|---:|---:|")
+for k in ka + [k for k in kb if k not in ka]:
+    x, y = ma.get(k), mb.get(k)
+    fmt = lambda v: "n/a" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
+    ratio = f"{x / y:.2f}" if x is not None and y not in (None, 0) else "n/a"
+    print(f"| {k} | {fmt(x)} | {fmt(y)} | {ratio} |")
+EOF
+}
+
+echo "== nself-realtime $(git -C "$root" rev-parse --short HEAD) vs Node.js $node_version socket.io $sio_version; servers on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS"
+for scenario in "${scenarios[@]}"; do
+  case "$scenario" in
+    connections) run_pair connections connections "connections: $CLIENTS idle clients" ;;
+    fanout) FIXED="$RATE" run_pair fanout-fixed fanout-fixed "fanout: $ROOMS rooms of $ROOM_SIZE, $RATE msg/s" ;;
+    fanout-max)
+      run_pair fanout-max fanout-max "fanout --find-max: $ROOMS rooms of $ROOM_SIZE, $PAYLOAD-byte messages"
+      if [ -z "${FIXED_RATE:-}" ]; then
+        FIXED_RATE="$(for f in "$scratch"/results/fanout-max-node-*.json; do
+          jq -r '.max_held.rate // empty' "$f" 2>/dev/null; done | sort -g | head -1)"
+      fi
+      if [ -n "$FIXED_RATE" ]; then
+        rm -f "$scratch"/results/fanout-fixed-*.json
+        FIXED="$FIXED_RATE" run_pair fanout-fixed fanout-fixed "latency at the reference's highest sustained rate ($FIXED_RATE msg/s)"
+      fi ;;
+    typing | presence | join) run_pair "$scenario" "$scenario" "$scenario storm: $STORM_RATE events/s" ;;
+    policy)
+      for m in sanitizer profanity room-policy rate-limiter; do
+        [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
+      done
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one policy-none rust "$round"
+        run_one policy-examples rust "$round"
+      done
+      table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
+    multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" ;;
+    *) die "unknown scenario $scenario" ;;
+  esac
+done
+echo
+echo "raw reports: $scratch/results"

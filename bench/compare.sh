@@ -291,9 +291,11 @@ def figures(r):
     f = {}
     if r["find_max"]:
         s = r["max_held"]
+        f["highest rate held msg/s"] = s["rate"] if s else 0.0
         if s is None:
-            return {"highest rate held msg/s": 0.0}
-        f["highest rate held msg/s"] = s["rate"]
+            if not r["steps"]:
+                return f
+            s = r["steps"][0]  # nothing held: the figures of the first rate tried
     else:
         s = r["steps"][-1]
     f.update({

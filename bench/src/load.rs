@@ -81,6 +81,10 @@ pub struct LoadOpts {
     /// Most steps of `--find-max`.
     #[arg(long, default_value_t = 20)]
     pub max_steps: u32,
+    /// `--find-max`: how many times a step that did not hold is run again before the search
+    /// stops (a transient stall of a shared machine should not end it; every run is reported).
+    #[arg(long, default_value_t = 1)]
+    pub retries: u32,
 }
 
 impl LoadOpts {
@@ -101,6 +105,7 @@ impl LoadOpts {
             max_p99_ms: 50.0,
             step_factor: 1.25,
             max_steps: 20,
+            retries: 1,
         }
     }
 }
@@ -314,19 +319,32 @@ pub async fn run(kind: Kind, opts: &LoadOpts) -> anyhow::Result<LoadReport> {
     let mut max_held: Option<StepReport> = None;
     let mut rate = opts.rate;
     let step_count = if opts.find_max { opts.max_steps } else { 1 };
-    for _ in 0..step_count {
-        let report = measure_step(kind, opts, &shared, &ctl, step_no, rate, period(rate), {
-            server_pid
-        })
-        .await;
-        step_no += 1;
-        eprintln!("{}", step_line(&report));
-        let held = report.held;
-        steps.push(report.clone());
-        if held {
-            max_held = Some(report);
-        } else {
-            break;
+    let tries = if opts.find_max { 1 + opts.retries } else { 1 };
+    'search: for _ in 0..step_count {
+        let mut held = false;
+        for _ in 0..tries {
+            let report = measure_step(
+                kind,
+                opts,
+                &shared,
+                &ctl,
+                step_no,
+                rate,
+                period(rate),
+                server_pid,
+            )
+            .await;
+            step_no += 1;
+            eprintln!("{}", step_line(&report));
+            held = report.held;
+            steps.push(report.clone());
+            if held {
+                max_held = Some(report);
+                break;
+            }
+        }
+        if !held {
+            break 'search;
         }
         rate *= opts.step_factor;
     }
@@ -385,16 +403,21 @@ async fn measure_step(
     let window = t0.elapsed().as_secs_f64();
     let server = server_cpu.finish();
     let generator = own_cpu.finish();
-    let sent = shared.sent.load(Ordering::Relaxed);
-    let expected = if kind == Kind::Fanout {
-        sent * opts.room_size as u64
-    } else {
-        0
+    // Senders that were due when the phase changed may still send: `sent` and `expected` are
+    // read again while draining.
+    let expected_for = |sent: u64| {
+        if kind == Kind::Fanout {
+            sent * opts.room_size as u64
+        } else {
+            0
+        }
     };
     // Drain: wait for the expected deliveries and the acks (bounded).
     let drain_start = Instant::now();
     let drain_limit = Duration::from_secs(opts.drain);
     loop {
+        let sent = shared.sent.load(Ordering::Relaxed);
+        let expected = expected_for(sent);
         let delivered = shared.delivered.load(Ordering::Relaxed);
         let acked =
             shared.acks_ok.load(Ordering::Relaxed) + shared.acks_err.load(Ordering::Relaxed);
@@ -411,6 +434,8 @@ async fn measure_step(
         // Storm events have no count to wait for: give late ones the same drain.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let sent = shared.sent.load(Ordering::Relaxed);
+    let expected = expected_for(sent);
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let acks_ok = shared.acks_ok.load(Ordering::Relaxed);
     let acks_err = shared.acks_err.load(Ordering::Relaxed);

@@ -18,6 +18,7 @@ use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::presence::PresenceManager;
 use crate::store::Store;
+use crate::store::cache::Directory;
 use crate::store::writer::Writer;
 use crate::typing::TypingTracker;
 
@@ -29,6 +30,8 @@ pub struct App {
     pub auth: Authenticator,
     /// Database.
     pub store: Store,
+    /// Cached rooms and memberships (over `store`).
+    pub directory: Arc<Directory>,
     /// Write-behind queue.
     pub writer: Writer,
     /// Metrics.
@@ -51,6 +54,9 @@ pub struct App {
     pub draining: CancellationToken,
     /// This instance's id (connection rows carry it).
     pub node_id: String,
+    /// The connection row of every live socket of this instance, by socket id: re-written
+    /// when the database lost this instance's rows (its lease was reaped during an outage).
+    pub live: std::sync::Mutex<std::collections::HashMap<String, crate::store::WriteOp>>,
     /// Start time.
     pub started: Instant,
 }
@@ -86,5 +92,28 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.app.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl App {
+    /// Records a live connection row (see [`App::live`]) and queues it.
+    pub fn connection_opened(&self, socket_id: &str, op: crate::store::WriteOp) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(socket_id.to_string(), op.clone());
+        self.writer.write(op);
+    }
+
+    /// Forgets a live connection and queues its closing.
+    pub fn connection_closed(&self, socket_id: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(socket_id);
+        self.writer.write(crate::store::WriteOp::ConnectionClosed {
+            socket_id: socket_id.to_string(),
+            at: chrono::Utc::now(),
+        });
     }
 }

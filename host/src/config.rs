@@ -65,6 +65,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// When the log file (`REALTIME_LOG_FILE`) starts a new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogRotation {
+    /// One file, appended to forever (rotate it externally, e.g. logrotate `copytruncate`).
+    Never,
+    /// A new file every hour (`<file>.YYYY-MM-DD-HH`).
+    Hourly,
+    /// A new file every day (`<file>.YYYY-MM-DD`).
+    Daily,
+}
+
 /// Which events the audit log records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventLogFilter {
@@ -178,10 +189,26 @@ pub struct Config {
     pub plugin_timeout: Duration,
     /// `REALTIME_PLUGIN_MEMORY_MB` (default 16): memory cap of one policy instance.
     pub plugin_memory_mb: u64,
+    /// `REALTIME_NODE_ID`: this instance's id in the database (default: a new UUID per start).
+    pub node_id: Option<String>,
+    /// `REALTIME_NODE_LEASE_MS` (default 30000): an instance that has not renewed its lease
+    /// for this long is considered dead; its connections are closed and its users' presence
+    /// recomputed by a live instance.
+    pub node_lease: Duration,
+    /// `REALTIME_CACHE_TTL_MS`: age after which a cached room or membership is refreshed in
+    /// the background (default 30000 on PostgreSQL, which also announces changes; 2000 on
+    /// SQLite).
+    pub cache_ttl: Option<Duration>,
     /// `LOG_LEVEL` (default info).
     pub log_level: String,
     /// `LOG_FORMAT` (default pretty; json when production).
     pub log_format: LogFormat,
+    /// `REALTIME_LOG_FILE`: write the server log to this file instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// `REALTIME_LOG_ROTATION` (never|hourly|daily, default daily) for `REALTIME_LOG_FILE`.
+    pub log_rotation: LogRotation,
+    /// `REALTIME_LOG_MAX_FILES` (default 7): rotated files kept, older ones are deleted.
+    pub log_max_files: usize,
 }
 
 /// Reads variables from a lookup function, so tests can pass a map instead of the environment.
@@ -381,8 +408,17 @@ impl Config {
             },
             plugin_timeout: v.millis("REALTIME_PLUGIN_TIMEOUT_MS", 10)?,
             plugin_memory_mb: plugin_memory(&v)?,
+            node_id: v.raw("REALTIME_NODE_ID"),
+            node_lease: v.millis("REALTIME_NODE_LEASE_MS", 30_000)?,
+            cache_ttl: match v.raw("REALTIME_CACHE_TTL_MS") {
+                Some(_) => Some(v.millis("REALTIME_CACHE_TTL_MS", 0)?),
+                None => None,
+            },
             log_level,
             log_format,
+            log_file: v.raw("REALTIME_LOG_FILE").map(PathBuf::from),
+            log_rotation: parse_log_rotation(&v)?,
+            log_max_files: v.positive("REALTIME_LOG_MAX_FILES", 7usize)?,
         })
     }
 
@@ -455,6 +491,23 @@ fn check_auth_rules(
         });
     }
     Ok(())
+}
+
+fn parse_log_rotation(v: &Vars<'_>) -> Result<LogRotation, ConfigError> {
+    match v
+        .string("REALTIME_LOG_ROTATION", "daily")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "never" => Ok(LogRotation::Never),
+        "hourly" => Ok(LogRotation::Hourly),
+        "daily" => Ok(LogRotation::Daily),
+        other => Err(invalid(
+            "REALTIME_LOG_ROTATION",
+            other.into(),
+            "never, hourly or daily",
+        )),
+    }
 }
 
 fn plugin_memory(v: &Vars<'_>) -> Result<u64, ConfigError> {
@@ -574,6 +627,8 @@ mod tests {
             ("LOG_LEVEL", "loud"),
             ("DATABASE_URL", "mysql://x"),
             ("REALTIME_PRESENCE_SCOPE", "world"),
+            ("REALTIME_LOG_ROTATION", "weekly"),
+            ("REALTIME_LOG_MAX_FILES", "0"),
         ] {
             let err = cfg(&[(var, val)]).unwrap_err().to_string();
             assert!(err.contains(var), "{err} should name {var}");

@@ -107,6 +107,8 @@ pub trait PresenceManager: Send + Sync + 'static {
     fn counts(&self) -> PresenceCounts;
     /// Users with at least one live socket.
     fn online_users(&self) -> Vec<String>;
+    /// A user's current state, if known.
+    fn state(&self, user_id: &str) -> Option<PresenceState>;
 }
 
 #[derive(Debug)]
@@ -231,6 +233,10 @@ impl PresenceManager for MemoryPresence {
             .filter(|(_, e)| e.connections > 0)
             .map(|(u, _)| u.clone())
             .collect()
+    }
+
+    fn state(&self, user_id: &str) -> Option<PresenceState> {
+        self.lock().get(user_id).map(|e| state(user_id, e))
     }
 }
 

@@ -20,6 +20,8 @@ use crate::fanout::SocketIoFanout;
 use crate::metrics::Metrics;
 use crate::pipeline;
 use crate::presence::MemoryPresence;
+use crate::presence::{PresenceState, Status};
+use crate::store::cache::Directory;
 use crate::store::{NewRoom, Store, WriteOp, writer};
 use crate::typing::MemoryTyping;
 use crate::{http, transport};
@@ -55,14 +57,35 @@ pub async fn run(
     if config.redis_url.is_some() {
         tracing::warn!("REALTIME_REDIS_URL is set but this build fans out in-process only");
     }
-    let store = Store::connect(&config.database_url)
+    let (store, migrations) = Store::open_for_server(&config.database_url)
         .await
         .context("opening the database")?;
-    store
-        .reset_live_state()
-        .await
-        .context("resetting live state")?;
-    create_default_rooms(&store).await?;
+    let node_id = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The embedded database must work now; PostgreSQL may come later (served degraded).
+    let strict = store.kind() == "sqlite";
+    let started = async {
+        store.start_node(&node_id, config.node_lease).await?;
+        create_default_rooms(&store).await
+    };
+    match started.await {
+        Ok(()) => {}
+        Err(e) if !strict => {
+            tracing::error!(error = %format!("{e:#}"), "database not ready at start: serving degraded")
+        }
+        Err(e) => return Err(e.context("preparing the database")),
+    }
+    let directory = Directory::new(
+        store.clone(),
+        config.cache_ttl.unwrap_or(if strict {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        }),
+        Duration::from_millis(500),
+    );
 
     let metrics = Arc::new(Metrics::new());
     let writer_stop = CancellationToken::new();
@@ -91,6 +114,7 @@ pub async fn run(
         config: config.clone(),
         auth,
         store,
+        directory: directory.clone(),
         writer,
         metrics,
         presence: Arc::new(MemoryPresence::default()),
@@ -101,13 +125,22 @@ pub async fn run(
         ip_limiter: App::ip_limiter(config.connection_rate_per_minute),
         slots: Default::default(),
         draining: CancellationToken::new(),
-        node_id: uuid::Uuid::new_v4().to_string(),
+        node_id,
+        live: Default::default(),
         started: Instant::now(),
     });
     transport::register(&io, app.clone());
 
     let tasks_stop = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), tasks_stop.clone()));
+    let leases = tokio::spawn(lease_keeper(app.clone(), tasks_stop.clone()));
+    let feed = {
+        let (dir, stop) = (directory.clone(), tasks_stop.clone());
+        tokio::spawn(async move {
+            let on_change = |c| dir.apply(c);
+            dir.store().watch(&on_change, stop).await;
+        })
+    };
     let watcher = extensions.as_ref().map(|e| e.watch(tasks_stop.clone()));
     let router = http::router(app.clone())
         .layer(layer)
@@ -153,6 +186,11 @@ pub async fn run(
     }
     tasks_stop.cancel();
     let _ = janitor.await;
+    let _ = leases.await;
+    let _ = feed.await;
+    if let Some(m) = migrations {
+        m.abort();
+    }
     if let Some(w) = watcher {
         let _ = w.await;
     }
@@ -162,6 +200,15 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("write-behind flush timed out");
+    }
+    // A clean stop hands this node's lease back; its rows are already closed.
+    if let Ok(Err(e)) = tokio::time::timeout(
+        left(deadline).max(Duration::from_millis(500)),
+        app.store.end_node(&app.node_id),
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "could not release the node lease");
     }
     http_stop.cancel();
     match tokio::time::timeout(left(deadline).max(Duration::from_millis(100)), server_task).await {
@@ -215,6 +262,94 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "retention cleanup failed"),
             }
+        }
+    }
+}
+
+/// Node lease and crash cleanup: renews this node's lease every third of its length; when the
+/// lease row had gone (reaped during an outage) re-writes this node's live rows; and, once the
+/// database has answered for half a lease in a row (so that live nodes have had a chance to
+/// renew after an outage), closes the connections of nodes whose lease expired and sends
+/// `presence:changed` offline for their users who have no live connection left.
+async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
+    let lease = app.config.node_lease;
+    let mut interval = tokio::time::interval((lease / 6).max(Duration::from_millis(50)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_renew: Option<Instant> = None;
+    let mut db_ok_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if last_renew.is_none_or(|t| t.elapsed() >= lease / 3) {
+            let renewed =
+                tokio::time::timeout(lease / 3, app.store.renew_lease(&app.node_id, lease)).await;
+            match renewed {
+                Ok(Ok(kept)) => {
+                    last_renew = Some(Instant::now());
+                    db_ok_since.get_or_insert_with(Instant::now);
+                    if !kept {
+                        reassert_live_state(&app);
+                    }
+                }
+                Ok(Err(e)) => {
+                    db_ok_since = None;
+                    tracing::debug!(error = %e, "lease renewal failed");
+                }
+                Err(_) => db_ok_since = None,
+            }
+        }
+        if db_ok_since.is_some_and(|t| t.elapsed() >= lease / 2) {
+            match app.store.reap_dead_nodes().await {
+                Ok(users) => {
+                    for user_id in users {
+                        if app
+                            .presence
+                            .state(&user_id)
+                            .is_some_and(|s| s.connections > 0)
+                        {
+                            // Our rows were taken for dead: put them back.
+                            reassert_live_state(&app);
+                            continue;
+                        }
+                        let state = PresenceState {
+                            user_id,
+                            status: Status::Offline,
+                            custom: None,
+                            connections: 0,
+                        };
+                        pipeline::announce_presence(&app, &state).await;
+                    }
+                }
+                Err(e) => {
+                    db_ok_since = None;
+                    tracing::debug!(error = %e, "crash cleanup failed");
+                }
+            }
+        }
+    }
+}
+
+/// Queues this node's live connection rows and its users' presence again (upserts).
+fn reassert_live_state(app: &App) {
+    let rows: Vec<WriteOp> = app
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    tracing::warn!(
+        connections = rows.len(),
+        "this node's lease had been reaped: re-asserting its live state"
+    );
+    for op in rows {
+        app.writer.write(op);
+    }
+    for user in app.presence.online_users() {
+        if let Some(state) = app.presence.state(&user) {
+            pipeline::persist_presence_state(app, &state);
         }
     }
 }

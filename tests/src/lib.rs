@@ -8,6 +8,9 @@
 //! - [`client`]: `SioClient`, a minimal Engine.IO v4 / Socket.IO v5 websocket client: connect
 //!   with auth, emit, emit with ack, buffered event reception, ping answers, disconnect
 //!   detection. It is deliberately small so the benchmark generator can reuse it.
+//! - [`pg`]: a fresh database on the shared PostgreSQL, or a private PostgreSQL server that a
+//!   test may stop and restart.
+//! - [`process`]: the `nself-realtime` binary as a separate process (CLI, SIGKILL tests).
 //! - [`time`]: wall-clock helpers (epoch milliseconds, ISO 8601) without a date crate.
 //!
 //! The feature tests live in `tests/tests/*.rs`, one file per feature; the official JS client
@@ -15,6 +18,8 @@
 
 pub mod client;
 pub mod host;
+pub mod pg;
+pub mod process;
 pub mod time;
 pub mod token;
 

@@ -92,29 +92,34 @@ async fn join(
         return Err(EventError::validation("roomName", "cannot be a socket id"));
     }
     let fail = |e: &dyn std::fmt::Display| EventError::internal("Failed to join room", e);
-    let room = app
-        .store
+    let dir = &app.directory;
+    let room = dir
         .room(&name)
         .await
         .map_err(|e| fail(&e))?
         .filter(|r| r.is_active)
         .ok_or_else(EventError::room_not_found)?;
     let member = match session.user_id() {
-        Some(u) => app.store.member(&room.id, u).await.map_err(|e| fail(&e))?,
+        Some(u) => dir.member(&room.id, u).await.map_err(|e| fail(&e))?,
         None => None,
     };
-    let count = app
-        .store
-        .member_count(&room.id)
-        .await
-        .map_err(|e| fail(&e))?;
-    rooms::check_join(&room, member.as_ref(), &session.identity, count)?;
+    let count = dir.member_count(&room.id).await.map_err(|e| fail(&e))?;
+    rooms::check_join(&room, member.as_deref(), &session.identity, count)?;
     let (member_count, member) = match session.user_id() {
-        Some(u) => {
-            let n = app.store.join(&room.id, u).await.map_err(|e| fail(&e))?;
-            let m = app.store.member(&room.id, u).await.map_err(|e| fail(&e))?;
-            (n, m)
-        }
+        Some(u) => match dir.join(&room.id, u).await {
+            Ok(joined) => joined,
+            Err(e) => {
+                // The database did not take the membership now: serve the join from what is
+                // cached and write the membership behind.
+                tracing::debug!(error = %e, "join written behind");
+                app.writer.write(WriteOp::MemberJoin {
+                    room_id: room.id.clone(),
+                    user_id: u.to_string(),
+                    at: Utc::now(),
+                });
+                dir.join_offline(&room.id, u)
+            }
+        },
         None => (count, None),
     };
     conn.join(&name);
@@ -136,10 +141,10 @@ async fn leave(
     name: String,
 ) -> Result<(), EventError> {
     let fail = |e: &dyn std::fmt::Display| EventError::internal("Failed to leave room", e);
+    let dir = &app.directory;
     let room = match session.joined.get(&name) {
         Some(j) => j.room.clone(),
-        None => app
-            .store
+        None => dir
             .room(&name)
             .await
             .map_err(|e| fail(&e))?
@@ -149,19 +154,22 @@ async fn leave(
     conn.leave(&name);
     let joined = session.joined.remove(&name);
     if let Some(user) = session.user_id() {
-        let member = match joined.and_then(|j| j.member) {
-            Some(m) => Some(m),
-            None => app
-                .store
-                .member(&room.id, user)
-                .await
-                .map_err(|e| fail(&e))?,
+        let member = match dir.member_now(&room.id, user) {
+            Some(m) => m,
+            None => match joined.and_then(|j| j.member) {
+                Some(m) => Some(m),
+                None => dir.member(&room.id, user).await.map_err(|e| fail(&e))?,
+            },
         };
-        if rooms::leave_deletes_membership(&room, member.as_ref()) {
-            app.store
-                .leave(&room.id, user)
-                .await
-                .map_err(|e| fail(&e))?;
+        if rooms::leave_deletes_membership(&room, member.as_deref()) {
+            if let Err(e) = dir.store().leave(&room.id, user).await {
+                tracing::debug!(error = %e, "leave written behind");
+                app.writer.write(WriteOp::MemberLeave {
+                    room_id: room.id.clone(),
+                    user_id: user.to_string(),
+                });
+            }
+            dir.left(&room.id, user);
         }
     }
     conn.to_others(
@@ -178,7 +186,24 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
         .joined
         .get(&msg.room)
         .ok_or_else(|| EventError::new(code::NOT_IN_ROOM, "Join the room before sending to it"))?;
-    rooms::check_send(&joined.room, joined.member.as_ref())?;
+    // The current rows from the cache (no database round trip): a room closed or a member
+    // muted after the join takes effect.
+    let room = match app.directory.room_now(&msg.room) {
+        Some(Some(r)) if r.id == joined.room.id => r,
+        Some(_) => return Err(EventError::room_not_found()),
+        None => joined.room.clone(),
+    };
+    if !room.is_active {
+        return Err(EventError::room_not_found());
+    }
+    let member = match session.user_id() {
+        Some(u) => app
+            .directory
+            .member_now(&room.id, u)
+            .unwrap_or_else(|| joined.member.clone()),
+        None => None,
+    };
+    rooms::check_send(&room, member.as_deref())?;
     let dedupe_key = session.user_id().zip(msg.client_message_id.as_deref());
     if let Some((user, cid)) = dedupe_key
         && let Some(sent) = app.dedupe.get(user, cid)

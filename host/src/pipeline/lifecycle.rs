@@ -31,17 +31,20 @@ pub async fn on_connect(app: &App, session: &Session, conn: &dyn Conn) {
             }),
         );
     }
-    app.writer.write(WriteOp::ConnectionOpened {
-        socket_id: session.socket_id.clone(),
-        user_id: session.identity.user_id.clone(),
-        session_id: session.identity.session_id.clone(),
-        transport: session.transport.clone(),
-        ip: session.ip.clone(),
-        user_agent: session.user_agent.clone(),
-        device_info: session.device.clone(),
-        node_id: app.node_id.clone(),
-        at: Utc::now(),
-    });
+    app.connection_opened(
+        &session.socket_id,
+        WriteOp::ConnectionOpened {
+            socket_id: session.socket_id.clone(),
+            user_id: session.identity.user_id.clone(),
+            session_id: session.identity.session_id.clone(),
+            transport: session.transport.clone(),
+            ip: session.ip.clone(),
+            user_agent: session.user_agent.clone(),
+            device_info: session.device.clone(),
+            node_id: app.node_id.clone(),
+            at: Utc::now(),
+        },
+    );
     audit(
         app,
         session,
@@ -100,10 +103,7 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
             broadcast_presence(app, &state, session.joined.keys().cloned().collect()).await;
         }
     }
-    app.writer.write(WriteOp::ConnectionClosed {
-        socket_id: session.socket_id.clone(),
-        at: Utc::now(),
-    });
+    app.connection_closed(&session.socket_id);
     audit(app, session, "disconnect", json!({ "reason": reason }));
 }
 
@@ -116,9 +116,6 @@ async fn forget(app: &App, session: &Session, reason: &str) {
     {
         persist_presence(app, &state);
     }
-    app.writer.write(WriteOp::ConnectionClosed {
-        socket_id: session.socket_id.clone(),
-        at: Utc::now(),
-    });
+    app.connection_closed(&session.socket_id);
     audit(app, session, "disconnect", json!({ "reason": reason }));
 }

@@ -16,6 +16,7 @@ mod policy;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -31,6 +32,17 @@ pub async fn broadcast_presence_changed(app: &App, state: &crate::presence::Pres
     handlers::persist_presence(app, state);
     handlers::broadcast_presence(app, state, Vec::new()).await;
 }
+
+/// Queues a user's presence row.
+pub fn persist_presence_state(app: &App, state: &crate::presence::PresenceState) {
+    handlers::persist_presence(app, state);
+}
+
+/// Broadcasts `presence:changed` for a change already in the database (crash cleanup).
+pub async fn announce_presence(app: &App, state: &crate::presence::PresenceState) {
+    handlers::broadcast_presence(app, state, Vec::new()).await;
+}
+
 pub use payload::EventKind;
 
 use crate::app::App;
@@ -60,10 +72,10 @@ pub trait Conn: Send + Sync {
 /// that `message:send` needs no database round trip).
 #[derive(Debug, Clone)]
 pub struct Joined {
-    /// The room row.
-    pub room: Room,
-    /// The user's membership row, if any.
-    pub member: Option<Member>,
+    /// The room row at join time.
+    pub room: Arc<Room>,
+    /// The user's membership row at join time, if any.
+    pub member: Option<Arc<Member>>,
 }
 
 /// Per-socket state, owned by the socket's link task.
@@ -244,6 +256,7 @@ fn audit_payload(kind: EventKind, payload: &Value) -> Value {
         EventKind::MessageSend => json!({
             "roomName": field("roomName"),
             "threadId": field("threadId"),
+            "clientMessageId": field("clientMessageId"),
             "contentLength": payload.get("content").and_then(Value::as_str).map(|s| s.chars().count()),
         }),
         EventKind::RoomJoin | EventKind::RoomLeave => json!({"roomName": field("roomName")}),
@@ -278,6 +291,7 @@ fn audit_with(
         .and_then(|r| session.joined.get(r))
         .map(|j| j.room.id.clone());
     app.writer.write(WriteOp::Event {
+        id: uuid::Uuid::now_v7(),
         event_type: event_type.to_string(),
         socket_id: Some(session.socket_id.clone()),
         user_id: session.identity.user_id.clone(),

@@ -1,14 +1,19 @@
 //! Persistence: the [`Backend`] trait, the cheap-clone [`Store`] handle, and the batching
 //! [`writer`]. SQLite is the embedded default; the PostgreSQL backend implements the same trait.
 
+pub mod cache;
 mod model;
+mod pg;
 mod sqlite;
 pub mod writer;
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 pub use model::*;
 
@@ -78,10 +83,25 @@ pub trait Backend: Send + Sync + 'static {
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
     /// The newest `limit` audit rows, newest first.
     async fn events(&self, limit: i64) -> Result<Vec<EventRow>, StoreError>;
-    /// Marks every connected row disconnected and every user offline (single-node start).
+    /// Marks every connected row disconnected and every user offline.
     async fn reset_live_state(&self) -> Result<(), StoreError>;
     /// Deletes expired typing rows and audit rows older than `events_before`.
     async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// A server starts: it takes its lease and starts from a clean slate for itself. SQLite
+    /// serves one node, so there every live row is reset.
+    async fn start_node(&self, node_id: &str, lease: Duration) -> Result<(), StoreError>;
+    /// Renews this node's lease. False when the lease row was gone (another node reaped this
+    /// one, e.g. after a long outage): the caller re-asserts its live state.
+    async fn renew_lease(&self, node_id: &str, lease: Duration) -> Result<bool, StoreError>;
+    /// A server stops cleanly: its lease row goes.
+    async fn end_node(&self, node_id: &str) -> Result<(), StoreError>;
+    /// Crash cleanup, on one node at a time: marks the connections of nodes whose lease expired
+    /// as disconnected and recomputes their users' presence. Returns the users that went
+    /// offline (no live connection left).
+    async fn reap_dead_nodes(&self) -> Result<Vec<String>, StoreError>;
+    /// Calls `on_change` for every change of rooms and memberships the database announces,
+    /// until `stop`; returns at once when the backend has no such feed (SQLite).
+    async fn watch(&self, on_change: &(dyn Fn(Change) + Send + Sync), stop: CancellationToken);
 }
 
 /// A handle to the store. Cloning is cheap.
@@ -98,19 +118,70 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the database named by the URL and applies the migrations.
+    /// Opens the database named by the URL and applies the migrations; fails when the
+    /// database does not answer (the CLI).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::open(url, true).await.map(|(store, _)| store)
+    }
+
+    /// Opens the database for a server. SQLite is opened and migrated now. PostgreSQL is
+    /// migrated now when it answers; when it does not, the store is returned anyway with a
+    /// task that applies the migrations once it does (the server starts degraded and keeps
+    /// serving; writes wait in the queue).
+    pub async fn open_for_server(
+        url: &str,
+    ) -> Result<(Store, Option<tokio::task::JoinHandle<()>>), StoreError> {
+        Store::open(url, false).await
+    }
+
+    async fn open(
+        url: &str,
+        strict: bool,
+    ) -> Result<(Store, Option<tokio::task::JoinHandle<()>>), StoreError> {
         if url.starts_with("sqlite:") {
             let backend = sqlite::SqliteBackend::connect(url).await?;
-            return Ok(Store {
+            let store = Store {
                 backend: Arc::new(backend),
                 kind: "sqlite",
-            });
+            };
+            return Ok((store, None));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(StoreError::Unsupported(
-                "postgres:// (this build has only the embedded SQLite backend)".into(),
-            ));
+            let backend = Arc::new(pg::PgBackend::connect(url, strict).await?);
+            let mut retry = None;
+            if !strict {
+                match backend.migrate().await {
+                    Ok(()) => {}
+                    Err(StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)))
+                        if is_unreachable(&e) =>
+                    {
+                        tracing::error!(error = %e, "PostgreSQL unreachable at start: serving degraded; migrations are applied when it answers");
+                        let b = backend.clone();
+                        retry = Some(tokio::spawn(async move {
+                            let mut delay = Duration::from_millis(500);
+                            loop {
+                                tokio::time::sleep(delay).await;
+                                match b.migrate().await {
+                                    Ok(()) => {
+                                        tracing::info!("PostgreSQL answers; migrations applied");
+                                        return;
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "migrations not applied yet")
+                                    }
+                                }
+                                delay = (delay * 2).min(Duration::from_secs(5));
+                            }
+                        }));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let store = Store {
+                backend,
+                kind: "postgres",
+            };
+            return Ok((store, retry));
         }
         Err(StoreError::Unsupported(url.into()))
     }
@@ -126,6 +197,17 @@ impl std::ops::Deref for Store {
     fn deref(&self) -> &Self::Target {
         &*self.backend
     }
+}
+
+/// Whether the error means "the database did not answer" (as opposed to "it refused").
+pub fn is_unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+    )
 }
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC text so they sort as text (SQLite).

@@ -280,8 +280,28 @@ pub enum WriteOp {
         /// Thread id.
         thread_id: Option<String>,
     },
+    /// A user joined a room while the database did not answer: the membership is written
+    /// behind (an upsert, as a direct join would have done).
+    MemberJoin {
+        /// Room id.
+        room_id: String,
+        /// User id.
+        user_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A user left a room while the database did not answer.
+    MemberLeave {
+        /// Room id.
+        room_id: String,
+        /// User id.
+        user_id: String,
+    },
     /// An audit log row.
     Event {
+        /// Row id, chosen when the event happens: a batch retried after an ambiguous failure
+        /// does not insert it twice.
+        id: uuid::Uuid,
         /// Event type.
         event_type: String,
         /// Socket id.
@@ -299,4 +319,20 @@ pub enum WriteOp {
         /// When.
         at: DateTime<Utc>,
     },
+}
+
+/// A change announced by the database (PostgreSQL `NOTIFY`): cached rows to drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The room of this name changed (or appeared, or went away).
+    Room(String),
+    /// A membership changed.
+    Member {
+        /// Room id.
+        room_id: String,
+        /// User id.
+        user_id: String,
+    },
+    /// Anything may have changed (the feed was lost and notifications may be missing).
+    All,
 }

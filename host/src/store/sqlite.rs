@@ -14,9 +14,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{
-    Backend, ConnectionRow, EventRow, Member, NewRoom, PresenceCounts, Room, Stats, StoreError,
-    WriteOp, parse_ts, ts,
+    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, PresenceCounts, Room, Stats,
+    StoreError, WriteOp, parse_ts, ts,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -226,7 +228,33 @@ async fn apply_one(
             .execute(&mut **tx)
             .await?;
         }
+        WriteOp::MemberJoin {
+            room_id,
+            user_id,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_room_members (id, room_id, user_id, role, joined_at, last_seen) \
+                 SELECT ?, id, ?, 'member', ?, ? FROM realtime_rooms WHERE id = ? \
+                 ON CONFLICT(room_id, user_id) DO UPDATE SET last_seen = excluded.last_seen",
+            )
+            .bind(new_id())
+            .bind(user_id)
+            .bind(ts(*at))
+            .bind(ts(*at))
+            .bind(room_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::MemberLeave { room_id, user_id } => {
+            sqlx::query("DELETE FROM realtime_room_members WHERE room_id = ? AND user_id = ?")
+                .bind(room_id)
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await?;
+        }
         WriteOp::Event {
+            id,
             event_type,
             socket_id,
             user_id,
@@ -239,9 +267,10 @@ async fn apply_one(
             sqlx::query(
                 "INSERT INTO realtime_events (id, event_type, socket_id, user_id, room_id, payload, \
                  ip_address, metadata, created_at) VALUES (?, ?, ?, ?, \
-                 (SELECT id FROM realtime_rooms WHERE id = ?), ?, ?, ?, ?)",
+                 (SELECT id FROM realtime_rooms WHERE id = ?), ?, ?, ?, ?) \
+                 ON CONFLICT(id) DO NOTHING",
             )
-            .bind(new_id())
+            .bind(id.to_string())
             .bind(event_type)
             .bind(socket_id)
             .bind(user_id)
@@ -534,6 +563,25 @@ impl Backend for SqliteBackend {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn start_node(&self, _node_id: &str, _lease: Duration) -> Result<(), StoreError> {
+        // One node per SQLite file: whatever a previous run left live is stale.
+        self.reset_live_state().await
+    }
+
+    async fn renew_lease(&self, _node_id: &str, _lease: Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn end_node(&self, _node_id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn reap_dead_nodes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn watch(&self, _on_change: &(dyn Fn(Change) + Send + Sync), _stop: CancellationToken) {}
 
     async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let typing = sqlx::query("DELETE FROM realtime_typing WHERE expires_at < ?")

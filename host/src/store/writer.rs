@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, WriteOp};
+use super::{Store, StoreError, WriteOp};
 use crate::metrics::Metrics;
 
 /// The sending side: cheap to clone, never blocks.
@@ -94,6 +94,38 @@ async fn run(
     }
 }
 
+/// Whether the database refused these rows for what they hold (SQLSTATE class 22: data
+/// exception, 23: integrity violation): retrying cannot help.
+fn is_data_error(e: &StoreError) -> bool {
+    match e {
+        StoreError::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// A batch the database refused for its data: applies the operations one by one, drops
+/// (and counts) only those refused for their data, keeps the rest for a retry.
+async fn isolate(store: &Store, batch: &mut Vec<WriteOp>, metrics: &Metrics) {
+    let mut kept = Vec::new();
+    for op in batch.drain(..) {
+        match store.apply(std::slice::from_ref(&op)).await {
+            Ok(()) => {
+                metrics.store_writes.inc();
+                metrics.store_queue_depth.dec();
+            }
+            Err(e) if is_data_error(&e) => {
+                tracing::error!(error = %e, op = ?op, "write refused by the database: dropped");
+                metrics.store_writes_dropped.inc();
+                metrics.store_queue_depth.dec();
+            }
+            Err(_) => kept.push(op),
+        }
+    }
+    *batch = kept;
+}
+
 /// Commits one batch, retrying with backoff. With `stop` given it retries until it succeeds or
 /// the stop is requested (then the drain retries a few more times); without it, 5 tries.
 async fn commit(
@@ -114,6 +146,12 @@ async fn commit(
                 healthy.store(true, Ordering::Relaxed);
                 batch.clear();
                 return;
+            }
+            Err(e) if is_data_error(&e) => {
+                isolate(store, batch, metrics).await;
+                if batch.is_empty() {
+                    return;
+                }
             }
             Err(e) => {
                 tries += 1;

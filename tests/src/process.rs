@@ -1,0 +1,81 @@
+//! The `nself-realtime` binary, for tests that need a separate process (the CLI; a server
+//! killed with SIGKILL).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// The debug binary next to the test executable (`target/debug/nself-realtime`), built on
+/// first use when it is missing.
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/debug/deps/<test> -> target/debug/nself-realtime
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
+        let bin = dir.join("nself-realtime");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "nself-realtime",
+                "--bin",
+                "nself-realtime",
+            ])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .env("CARGO_TARGET_DIR", dir.parent().expect("target dir parent"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p nself-realtime failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A command for the binary with a clean environment plus `vars` (no `.env` is read: the
+/// working directory is a fresh temp dir).
+pub fn command(vars: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(binary());
+    c.env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        c.env("PATH", path);
+    }
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs a CLI subcommand; returns stdout; panics on a non-zero exit.
+pub fn cli(vars: &[(&str, &str)], args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = command(vars)
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run nself-realtime");
+    assert!(
+        out.status.success(),
+        "nself-realtime {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Starts `nself-realtime serve` in the background with `vars`; stderr goes to the returned
+/// child's pipe.
+pub fn spawn_server(vars: &[(&str, &str)], cwd: &std::path::Path) -> Child {
+    command(vars)
+        .arg("serve")
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nself-realtime serve")
+}

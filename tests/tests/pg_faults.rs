@@ -1,0 +1,300 @@
+//! SPEC §9 failure behaviour on PostgreSQL: the database stopped for 10 seconds under traffic
+//! (a private server started by the test), and a node killed with SIGKILL while its users are
+//! online (its users go offline within the lease time, via another node).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use nself_realtime_tests::pg::{FreshDb, PrivatePg};
+use nself_realtime_tests::process::spawn_server;
+use nself_realtime_tests::{
+    RoomType, SioClient, TEST_SECRET, TestHost, Visibility, ack_ok, ms, user_token,
+};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+async fn health_status(host: &TestHost) -> String {
+    let (_, body) = host.http_get("/health").await;
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["status"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn wait_health(host: &TestHost, want: &str, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let got = health_status(host).await;
+        if got == want {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "/health stayed {got:?}, expected {want:?} within {within:?}"
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
+fn send_with_id<'a>(
+    c: &'a mut SioClient,
+    room: &'a str,
+    id: &'a str,
+) -> impl std::future::Future<Output = Value> + 'a {
+    c.emit_ack(
+        "message:send",
+        json!({"roomName": room, "content": format!("body of {id}"), "clientMessageId": id}),
+        ms(5000),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_keeps_serving_and_loses_no_audit_row() {
+    let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
+    let url = pg.url();
+    let host = TestHost::start(&[
+        ("DATABASE_URL", &url),
+        ("REALTIME_LOG_EVENT_TYPES", "*"),
+        ("REALTIME_NODE_LEASE_MS", "3000"),
+    ])
+    .await;
+    host.create_room("ops", RoomType::Channel, Visibility::Public, None)
+        .await;
+    let mut alice = host.joined("alice", "ops").await;
+    let mut bob = host.joined("bob", "ops").await;
+    assert_eq!(health_status(&host).await, "healthy");
+
+    let mut sent: Vec<String> = Vec::new();
+    for i in 0..20 {
+        let id = format!("before-{i}");
+        ack_ok(&send_with_id(&mut alice, "ops", &id).await);
+        sent.push(id);
+    }
+
+    // Stop the database as a crash would (connections cut, no clean goodbye).
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop("immediate");
+        pg
+    })
+    .await
+    .unwrap();
+    let outage = Instant::now();
+    let mut degraded_seen = false;
+    let mut i = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let id = format!("during-{i}");
+        i += 1;
+        let ack = send_with_id(&mut alice, "ops", &id).await;
+        assert_eq!(ack["success"], json!(true), "ack during the outage: {ack}");
+        sent.push(id);
+        if i % 10 == 0 {
+            degraded_seen |= health_status(&host).await == "degraded";
+            // Typing and presence keep working from memory.
+            alice.emit("typing:start", json!({"roomName": "ops"}));
+            let p = bob
+                .emit_ack("presence:update", json!({"status": "away"}), ms(5000))
+                .await;
+            assert_eq!(p["success"], json!(true), "presence during the outage: {p}");
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    assert!(
+        degraded_seen,
+        "/health never said degraded while the database was down"
+    );
+    // A second socket joins a room the server has cached.
+    let mut alice2 = host.client("alice").await;
+    ack_ok(
+        &alice2
+            .emit_ack("room:join", json!({"roomName": "ops"}), ms(5000))
+            .await,
+    );
+    // Every message reached bob.
+    let got = bob.collect("message:new", ms(500)).await;
+    let got: HashSet<String> = got
+        .iter()
+        .filter_map(|m| m["content"].as_str().map(str::to_string))
+        .collect();
+    for id in &sent {
+        assert!(got.contains(&format!("body of {id}")), "bob missed {id}");
+    }
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .unwrap();
+    let back = wait_health(&host, "healthy", Duration::from_secs(30)).await;
+    eprintln!("healthy again {back:?} after the restart");
+    let mut c = PgConnection::connect(&url)
+        .await
+        .expect("connect after restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counts: HashMap<String, i64> = loop {
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT payload->>'clientMessageId', COUNT(*) FROM realtime_events \
+             WHERE event_type = 'message:send' GROUP BY 1",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let counts: HashMap<String, i64> = rows
+            .into_iter()
+            .filter_map(|(k, n)| k.map(|k| (k, n)))
+            .collect();
+        if counts.len() >= sent.len() || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(ms(200)).await;
+    };
+    for id in &sent {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "audit row of {id} must arrive exactly once"
+        );
+    }
+    assert_eq!(
+        counts.len(),
+        sent.len(),
+        "no audit row for a message never sent"
+    );
+    let metrics = host
+        .http_request("/metrics?format=prometheus", &[])
+        .await
+        .body;
+    let dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("realtime_store_writes_dropped_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(dropped, Some(0.0), "no write was dropped:\n{metrics}");
+    drop(alice2);
+    drop(pg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_users_go_offline_within_the_lease() {
+    const LEASE_MS: u64 = 3000;
+    let db = FreshDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let lease = LEASE_MS.to_string();
+    let mut node_a = spawn_server(
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REALTIME_HOST", "127.0.0.1"),
+            ("REALTIME_PORT", &port),
+            ("REALTIME_JWT_SECRET", TEST_SECRET),
+            ("REALTIME_RATE_LIMIT", "0"),
+            ("REALTIME_NODE_LEASE_MS", &lease),
+            ("REALTIME_PLUGINS_DIR", plugins.to_str().unwrap()),
+            ("REALTIME_PLUGIN_CACHE_DIR", "off"),
+            ("LOG_LEVEL", "warn"),
+        ],
+        dir.path(),
+    );
+    let url_a = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http
+        .get(format!("{url_a}/health/live"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "node A did not start");
+        assert!(node_a.try_wait().unwrap().is_none(), "node A exited");
+        tokio::time::sleep(ms(100)).await;
+    }
+    let node_b = TestHost::start(&[
+        ("DATABASE_URL", &db.url),
+        ("REALTIME_NODE_LEASE_MS", &lease),
+    ])
+    .await;
+    let mut observer = node_b.client("observer").await;
+    let mut on_a = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        on_a.push(
+            SioClient::connect(&url_a, Some(&user_token(user)))
+                .await
+                .expect("connect to node A"),
+        );
+    }
+    // u3 also has a socket on node B: it must stay online.
+    let _u3_on_b = node_b.client("u3").await;
+    let mut c = db.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        if n == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected 5 live rows, have {n}");
+        tokio::time::sleep(ms(50)).await;
+    }
+    observer.clear_events();
+
+    node_a.kill().expect("SIGKILL node A");
+    let _ = node_a.wait();
+    let killed = Instant::now();
+    let mut offline = HashSet::new();
+    while offline.len() < 2 {
+        let left = Duration::from_millis(LEASE_MS * 2).saturating_sub(killed.elapsed());
+        let ev = observer
+            .next_event_where("presence:changed", left, |v| {
+                v["status"] == json!("offline")
+            })
+            .await
+            .unwrap_or_else(|| panic!("offline events so far: {offline:?}"));
+        let user = ev["userId"].as_str().unwrap().to_string();
+        assert!(
+            offline.insert(user.clone()),
+            "{user} reported offline twice"
+        );
+    }
+    let took = killed.elapsed();
+    eprintln!("users of the killed node offline after {took:?} (lease {LEASE_MS} ms)");
+    assert_eq!(offline, HashSet::from(["u1".to_string(), "u2".to_string()]));
+    observer
+        .expect_none_where("presence:changed", ms(1000), |v| {
+            v["status"] == json!("offline") && v["userId"] == json!("u3")
+        })
+        .await;
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT user_id, status, connections_count FROM realtime_presence \
+         WHERE user_id IN ('u1', 'u2', 'u3') ORDER BY user_id",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("u1".into(), "offline".into(), 0),
+            ("u2".into(), "offline".into(), 0),
+            ("u3".into(), "online".into(), 1),
+        ]
+    );
+    let live: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(live, 2, "only node B's two sockets stay connected");
+    drop(on_a);
+}

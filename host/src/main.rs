@@ -2,27 +2,69 @@
 //! configuration, dispatch. All logic lives in the library.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use nself_realtime::cli::{Cli, Command, run_command};
-use nself_realtime::config::{Config, LogFormat};
+use nself_realtime::config::{Config, LogFormat, LogRotation};
 use tokio_util::sync::CancellationToken;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-fn init_tracing(config: &Config) {
+/// Logs to stderr, or to `REALTIME_LOG_FILE` (rotated by `REALTIME_LOG_ROTATION`, keeping
+/// `REALTIME_LOG_MAX_FILES`). The returned guard flushes the file writer when dropped.
+fn init_tracing(config: &Config) -> anyhow::Result<Option<WorkerGuard>> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
             "{lvl},sqlx=warn,socketioxide=warn,engineioxide=warn",
             lvl = config.log_level
         ))
     });
+    let (writer, guard) = match &config.log_file {
+        None => (BoxMakeWriter::new(std::io::stderr), None),
+        Some(path) => {
+            let (file, guard) = tracing_appender::non_blocking(log_appender(config, path)?);
+            (BoxMakeWriter::new(file), Some(guard))
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(config.log_file.is_none())
+        .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
     }
+    Ok(guard)
+}
+
+/// The file appender of `REALTIME_LOG_FILE`: with rotation the files are `<name>.<date>`.
+fn log_appender(config: &Config, path: &Path) -> anyhow::Result<RollingFileAppender> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("REALTIME_LOG_FILE {path:?} names no file"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("REALTIME_LOG_FILE: cannot create {dir:?}: {e}"))?;
+    let rotation = match config.log_rotation {
+        LogRotation::Never => Rotation::NEVER,
+        LogRotation::Hourly => Rotation::HOURLY,
+        LogRotation::Daily => Rotation::DAILY,
+    };
+    let mut builder = RollingFileAppender::builder()
+        .rotation(rotation)
+        .filename_prefix(name.to_string_lossy());
+    if config.log_rotation != LogRotation::Never {
+        builder = builder.max_log_files(config.log_max_files);
+    }
+    builder
+        .build(dir)
+        .map_err(|e| anyhow::anyhow!("REALTIME_LOG_FILE {path:?}: {e}"))
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -74,9 +116,18 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    if matches!(command, Command::Serve) {
-        init_tracing(&config);
-    }
+    // Held until main returns: dropping it flushes the log file.
+    let _log_guard = if matches!(command, Command::Serve) {
+        match init_tracing(&config) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

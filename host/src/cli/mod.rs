@@ -1,10 +1,14 @@
 //! The command line: `serve` (default) and the management subcommands. Human tables by
 //! default (the original's formats), `--json` for scripts.
 
+mod client;
 mod output;
 mod plugins;
+mod rooms;
+mod status;
+mod uninstall;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::store::{RoomType, Visibility};
 
@@ -34,58 +38,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List active rooms.
+    /// Rooms: `rooms` alone lists the active rooms; `rooms create|delete|info|add-member|remove-member`.
+    #[command(args_conflicts_with_subcommands = true)]
     Rooms {
-        /// Machine-readable output.
+        /// What to do with rooms (default: list).
+        #[command(subcommand)]
+        action: Option<RoomsCommand>,
+        /// Machine-readable output (of the list).
         #[arg(long)]
         json: bool,
     },
-    /// Create a room (an existing room is left unchanged).
-    CreateRoom {
-        /// Room name (1-255 of A-Z a-z 0-9 _ . : @ -).
-        name: String,
-        /// channel, dm, group or broadcast.
-        #[arg(short = 't', long = "type", default_value = "channel")]
-        room_type: RoomType,
-        /// public, private or secret.
-        #[arg(short = 'v', long, default_value = "public")]
-        visibility: Visibility,
-        /// Member limit.
-        #[arg(long)]
-        max_members: Option<i32>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Create a room (an existing room is left unchanged, a deleted one is reactivated).
+    CreateRoom(CreateRoomArgs),
     /// Add (or update) a room member.
-    AddMember {
-        /// Room name.
-        room: String,
-        /// User id.
-        user: String,
-        /// admin, moderator, member or guest.
-        #[arg(long, default_value = "member")]
-        role: String,
-        /// Muted: may read, not send.
-        #[arg(long)]
-        muted: bool,
-        /// Banned: may not join.
-        #[arg(long)]
-        banned: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    AddMember(AddMemberArgs),
     /// Remove a room member.
-    RemoveMember {
-        /// Room name.
-        room: String,
-        /// User id.
-        user: String,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    RemoveMember(RemoveMemberArgs),
     /// List connected sockets.
     Connections {
         /// Machine-readable output.
@@ -94,6 +62,39 @@ pub enum Command {
     },
     /// List policy modules (name, version, hash, status, calls, rejects, traps, p50/p99).
     Plugins {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Process, health, metrics and store figures of the server (asked over HTTP at
+    /// REALTIME_HOST:REALTIME_PORT).
+    Status {
+        /// PID file of a background server, to report whether that process runs.
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<std::path::PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when the server's liveness endpoint (`<REALTIME_HEALTH_PATH>/live`) answers 200,
+    /// 1 otherwise (container HEALTHCHECK, scripts).
+    Healthcheck {
+        /// Ask readiness (`<REALTIME_HEALTH_PATH>/ready`) instead: 1 while draining.
+        #[arg(long)]
+        ready: bool,
+        /// How long to wait for an answer, ms.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the plugin's database objects (PostgreSQL: its tables, views, functions and
+    /// migration records; SQLite: the database file). Refuses without --yes.
+    Uninstall {
+        /// Really drop the data.
+        #[arg(long)]
+        yes: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -107,6 +108,91 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `rooms` actions (the nself plugin's `rooms` action calls these).
+#[derive(Debug, Subcommand)]
+pub enum RoomsCommand {
+    /// List active rooms (the same as `rooms` alone).
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a room (an existing room is left unchanged, a deleted one is reactivated).
+    Create(CreateRoomArgs),
+    /// Delete a room (soft: it stops being listed and joinable; `create` brings it back).
+    Delete {
+        /// Room name.
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A room and its members.
+    Info {
+        /// Room name.
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add (or update) a room member.
+    AddMember(AddMemberArgs),
+    /// Remove a room member.
+    RemoveMember(RemoveMemberArgs),
+}
+
+/// Arguments of `create-room` / `rooms create`.
+#[derive(Debug, Args)]
+pub struct CreateRoomArgs {
+    /// Room name (1-255 of A-Z a-z 0-9 _ . : @ -).
+    pub name: String,
+    /// channel, dm, group or broadcast.
+    #[arg(short = 't', long = "type", default_value = "channel")]
+    pub room_type: RoomType,
+    /// public, private or secret.
+    #[arg(short = 'v', long, default_value = "public")]
+    pub visibility: Visibility,
+    /// Member limit.
+    #[arg(long)]
+    pub max_members: Option<i32>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `add-member` / `rooms add-member`.
+#[derive(Debug, Args)]
+pub struct AddMemberArgs {
+    /// Room name.
+    pub room: String,
+    /// User id.
+    pub user: String,
+    /// admin, moderator, member or guest.
+    #[arg(long, default_value = "member")]
+    pub role: String,
+    /// Muted: may read, not send.
+    #[arg(long)]
+    pub muted: bool,
+    /// Banned: may not join.
+    #[arg(long)]
+    pub banned: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `remove-member` / `rooms remove-member`.
+#[derive(Debug, Args)]
+pub struct RemoveMemberArgs {
+    /// Room name.
+    pub room: String,
+    /// User id.
+    pub user: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub use output::run_command;

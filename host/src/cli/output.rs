@@ -1,24 +1,24 @@
 //! Management subcommands against the store, printing the original's table formats.
 
-use std::io::Write;
-
 use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 
 use super::Command;
 use crate::config::Config;
-use crate::rooms::validate_room_name;
 use crate::server::create_default_rooms;
-use crate::store::{NewRoom, Store};
+use crate::store::Store;
 
 /// `println!` that does not panic when stdout is closed (e.g. piped into `head`).
 macro_rules! outln {
     ($($arg:tt)*) => {{
+        use std::io::Write as _;
         let _ = writeln!(std::io::stdout().lock(), $($arg)*);
     }};
 }
+pub(crate) use outln;
 
-fn print_json(v: &serde_json::Value) {
+/// Pretty JSON on stdout.
+pub(crate) fn print_json(v: &serde_json::Value) {
     outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -27,17 +27,29 @@ fn cut(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-const ROLES: [&str; 4] = ["admin", "moderator", "member", "guest"];
-
 /// Runs a management subcommand (everything but `serve`).
 pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
-    if let Command::Plugins { json } = command {
-        return super::plugins::run(config, json).await;
+    match command {
+        Command::Plugins { json } => return super::plugins::run(config, json).await,
+        Command::Healthcheck {
+            ready,
+            timeout_ms,
+            json,
+        } => return super::status::healthcheck(config, ready, timeout_ms, json).await,
+        Command::Status { pid_file, json } => {
+            return super::status::run(config, pid_file.as_deref(), json).await;
+        }
+        Command::Uninstall { yes, json } => return super::uninstall::run(config, yes, json).await,
+        _ => {}
     }
     let store = Store::connect(&config.database_url).await?;
     match command {
-        // `serve` is dispatched by main, `plugins` above.
-        Command::Serve | Command::Plugins { .. } => {}
+        // `serve` is dispatched by main, the commands that need no store above.
+        Command::Serve
+        | Command::Plugins { .. }
+        | Command::Healthcheck { .. }
+        | Command::Status { .. }
+        | Command::Uninstall { .. } => {}
         Command::Init { json } => {
             if !json {
                 outln!("Creating default rooms...");
@@ -77,101 +89,10 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
                 outln!("{line}\n");
             }
         }
-        Command::Rooms { json } => {
-            let rooms = store.rooms(true).await?;
-            if json {
-                print_json(&serde_json::to_value(&rooms)?);
-            } else {
-                outln!("\nActive Rooms");
-                outln!("{}", "=".repeat(70));
-                outln!("NAME                TYPE        VISIBILITY   CREATED");
-                outln!("{}", "-".repeat(70));
-                for r in rooms {
-                    outln!(
-                        "{:<20} {:<12} {:<12} {}",
-                        r.name,
-                        r.room_type.as_str(),
-                        r.visibility.as_str(),
-                        r.created_at.format("%Y-%m-%d")
-                    );
-                }
-                outln!("{}\n", "=".repeat(70));
-            }
-        }
-        Command::CreateRoom {
-            name,
-            room_type,
-            visibility,
-            max_members,
-            json,
-        } => {
-            validate_room_name(&name).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            if max_members.is_some_and(|m| m < 1) {
-                anyhow::bail!("--max-members must be at least 1");
-            }
-            let room = store
-                .create_room(&NewRoom {
-                    name,
-                    room_type,
-                    visibility,
-                    max_members,
-                })
-                .await?;
-            if json {
-                print_json(&serde_json::to_value(&room)?);
-            } else {
-                outln!(
-                    "✓ Room created: {} ({}, {})",
-                    room.name,
-                    room.room_type,
-                    room.visibility
-                );
-            }
-        }
-        Command::AddMember {
-            room,
-            user,
-            role,
-            muted,
-            banned,
-            json,
-        } => {
-            if !ROLES.contains(&role.as_str()) {
-                anyhow::bail!("--role must be one of {}", ROLES.join(", "));
-            }
-            if user.is_empty() || user.len() > 255 {
-                anyhow::bail!("user id must be 1-255 characters");
-            }
-            let r = store
-                .room(&room)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("room not found: {room}"))?;
-            if r.room_type == crate::store::RoomType::Dm {
-                let members = store.members(&r.id).await?;
-                if members.len() >= 2 && !members.iter().any(|m| m.user_id == user) {
-                    anyhow::bail!("a dm room has at most 2 members");
-                }
-            }
-            store.add_member(&room, &user, &role, muted, banned).await?;
-            if json {
-                print_json(
-                    &json!({"room": room, "userId": user, "role": role, "muted": muted, "banned": banned}),
-                );
-            } else {
-                outln!("✓ Member added: {user} to {room} ({role})");
-            }
-        }
-        Command::RemoveMember { room, user, json } => {
-            let removed = store.remove_member(&room, &user).await?;
-            if !removed {
-                anyhow::bail!("{user} is not a member of {room}");
-            }
-            if json {
-                print_json(&json!({"room": room, "userId": user, "removed": true}));
-            } else {
-                outln!("✓ Member removed: {user} from {room}");
-            }
-        }
+        Command::Rooms { action, json } => super::rooms::run(&store, action, json).await?,
+        Command::CreateRoom(args) => super::rooms::create(&store, args).await?,
+        Command::AddMember(args) => super::rooms::add_member(&store, args).await?,
+        Command::RemoveMember(args) => super::rooms::remove_member(&store, args).await?,
         Command::Connections { json } => {
             let rows = store.connections().await?;
             if json {

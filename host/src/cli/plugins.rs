@@ -1,12 +1,11 @@
-//! `nself-realtime plugins`: the policy modules of the running server (asked over HTTP on
-//! `127.0.0.1:REALTIME_PORT`), or, when no server answers, the modules of the plugins
+//! `nself-realtime plugins`: the policy modules of the running server (asked over HTTP at
+//! `REALTIME_HOST:REALTIME_PORT`), or, when no server answers, the modules of the plugins
 //! directory as this process loads them (a check that they compile and describe themselves).
 
 use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 use crate::extensions::{Extensions, Settings, kv::MemoryKv};
@@ -70,29 +69,13 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
 /// Asks the running server; None when nothing answers.
 async fn from_server(config: &Config) -> Option<Vec<Value>> {
     let path = format!("{}/plugins", config.metrics_path);
-    let addr = if config.host.is_unspecified() {
-        format!("127.0.0.1:{}", config.port)
-    } else {
-        format!("{}:{}", config.host, config.port)
-    };
-    let fetch = async {
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        tcp.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        tcp.take(16 << 20).read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8(buf).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.1 200") || head.to_ascii_lowercase().contains("chunked") {
-            return None;
-        }
-        let v: Value = serde_json::from_str(body).ok()?;
-        v.get("plugins")?.as_array().cloned()
-    };
-    tokio::time::timeout(Duration::from_secs(3), fetch)
+    let answer = super::client::get(config, &path, Duration::from_secs(3))
         .await
-        .ok()
-        .flatten()
+        .ok()?;
+    if !answer.ok() {
+        return None;
+    }
+    answer.body.get("plugins")?.as_array().cloned()
 }
 
 /// Loads the plugins directory here.

@@ -298,12 +298,17 @@ def figures(r):
             s = r["steps"][0]  # nothing held: the figures of the first rate tried
     else:
         s = r["steps"][-1]
+    fanout = r["scenario"] == "fanout"
+    f["sent /s"] = s["sent_per_s"]
+    f["delivered /s" if fanout else "events received /s"] = s["delivered_per_s"]
+    if fanout:
+        f["delivery %"] = s["completeness"] * 100
+        for q in ("p50", "p90", "p99", "max"):
+            f[f"latency {q} ms"] = s["latency"][f"{q}_ms"]
     f.update({
-        "sent /s": s["sent_per_s"], "delivered /s": s["delivered_per_s"], "delivery %": s["completeness"] * 100,
-        "latency p50 ms": s["latency"]["p50_ms"], "latency p90 ms": s["latency"]["p90_ms"],
-        "latency p99 ms": s["latency"]["p99_ms"], "latency max ms": s["latency"]["max_ms"],
         "ack p50 ms": s["ack_rtt"]["p50_ms"], "ack p99 ms": s["ack_rtt"]["p99_ms"],
-        "acks missing": s["acks_missing"], "server CPU %": s["server"]["cpu_pct"],
+        "acks missing": s["acks_missing"], "acks failed": s["acks_err"],
+        "server CPU %": s["server"]["cpu_pct"],
         "server RSS MiB": s["server"]["rss_kib"] / 1024, "generator CPU %": s["generator"]["cpu_pct"],
     })
     return f
@@ -329,7 +334,7 @@ for k in ka + [k for k in kb if k not in ka]:
 EOF
 }
 
-echo "== nself-realtime $(git -C "$root" rev-parse --short HEAD) vs Node.js $node_version socket.io $sio_version; servers on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS"
+echo "== nself-realtime $(git -C "$root" rev-parse --short HEAD)${SERVER_BIN:+ (prebuilt: $SERVER_BIN)} vs Node.js $node_version socket.io $sio_version; servers on CPU $SERVER_CPUS, generator on CPU $GEN_CPUS"
 for scenario in "${scenarios[@]}"; do
   case "$scenario" in
     connections) run_pair connections connections "connections: $CLIENTS idle clients" ;;

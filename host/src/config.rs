@@ -189,6 +189,10 @@ pub struct Config {
     pub plugin_timeout: Duration,
     /// `REALTIME_PLUGIN_MEMORY_MB` (default 16): memory cap of one policy instance.
     pub plugin_memory_mb: u64,
+    /// `REALTIME_PRESENCE_AWAY_MS` (default 300000; 0 disables): a connected `online` user who
+    /// has done nothing (sent, typed, joined, left) for this long becomes `away` until their
+    /// next activity.
+    pub presence_away: Option<Duration>,
     /// `REALTIME_NODE_ID`: this instance's id in the database (default: a new UUID per start).
     pub node_id: Option<String>,
     /// `REALTIME_NODE_LEASE_MS` (default 30000): an instance that has not renewed its lease
@@ -408,6 +412,10 @@ impl Config {
             },
             plugin_timeout: v.millis("REALTIME_PLUGIN_TIMEOUT_MS", 10)?,
             plugin_memory_mb: plugin_memory(&v)?,
+            presence_away: match v.num("REALTIME_PRESENCE_AWAY_MS", 300_000u64)? {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             node_id: v.raw("REALTIME_NODE_ID"),
             node_lease: v.millis("REALTIME_NODE_LEASE_MS", 30_000)?,
             cache_ttl: match v.raw("REALTIME_CACHE_TTL_MS") {

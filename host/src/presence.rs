@@ -109,6 +109,14 @@ pub trait PresenceManager: Send + Sync + 'static {
     fn online_users(&self) -> Vec<String>;
     /// A user's current state, if known.
     fn state(&self, user_id: &str) -> Option<PresenceState>;
+    /// The user did something (sent, typed, joined, left). Returns the new state when this
+    /// ends an automatic `away`.
+    fn touch(&self, user_id: &str, now: DateTime<Utc>) -> Option<PresenceState>;
+    /// Connected users who are `online` and did nothing since `idle_before` become `away`
+    /// (automatically: their next activity makes them `online` again). Returns those states.
+    fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState>;
+    /// When the user last did something (for the `last_active` column).
+    fn last_active(&self, user_id: &str) -> Option<DateTime<Utc>>;
 }
 
 #[derive(Debug)]
@@ -116,6 +124,20 @@ struct Entry {
     status: Status,
     custom: Option<CustomStatus>,
     connections: u32,
+    last_active: DateTime<Utc>,
+    auto_away: bool,
+}
+
+impl Entry {
+    fn new(status: Status) -> Entry {
+        Entry {
+            status,
+            custom: None,
+            connections: 0,
+            last_active: Utc::now(),
+            auto_away: false,
+        }
+    }
 }
 
 /// Single-node presence.
@@ -148,14 +170,14 @@ impl MemoryPresence {
 impl PresenceManager for MemoryPresence {
     async fn connect(&self, user_id: &str) -> Option<PresenceState> {
         let mut users = self.lock();
-        let e = users.entry(user_id.to_string()).or_insert(Entry {
-            status: Status::Offline,
-            custom: None,
-            connections: 0,
-        });
+        let e = users
+            .entry(user_id.to_string())
+            .or_insert_with(|| Entry::new(Status::Offline));
         e.connections += 1;
+        e.last_active = Utc::now();
         if e.connections == 1 {
             e.status = Status::Online;
+            e.auto_away = false;
             e.custom = live_custom(e.custom.take(), Utc::now());
             return Some(state(user_id, e));
         }
@@ -187,12 +209,12 @@ impl PresenceManager for MemoryPresence {
         custom: Option<CustomStatus>,
     ) -> PresenceState {
         let mut users = self.lock();
-        let e = users.entry(user_id.to_string()).or_insert(Entry {
-            status,
-            custom: None,
-            connections: 0,
-        });
+        let e = users
+            .entry(user_id.to_string())
+            .or_insert_with(|| Entry::new(status));
         e.status = status;
+        e.auto_away = false;
+        e.last_active = Utc::now();
         e.custom = live_custom(custom, Utc::now());
         state(user_id, e)
     }
@@ -238,6 +260,35 @@ impl PresenceManager for MemoryPresence {
     fn state(&self, user_id: &str) -> Option<PresenceState> {
         self.lock().get(user_id).map(|e| state(user_id, e))
     }
+
+    fn touch(&self, user_id: &str, now: DateTime<Utc>) -> Option<PresenceState> {
+        let mut users = self.lock();
+        let e = users.get_mut(user_id)?;
+        e.last_active = now;
+        if e.auto_away && e.connections > 0 {
+            e.auto_away = false;
+            e.status = Status::Online;
+            return Some(state(user_id, e));
+        }
+        None
+    }
+
+    fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState> {
+        let mut users = self.lock();
+        let mut changed = Vec::new();
+        for (user_id, e) in users.iter_mut() {
+            if e.connections > 0 && e.status == Status::Online && e.last_active < idle_before {
+                e.status = Status::Away;
+                e.auto_away = true;
+                changed.push(state(user_id, e));
+            }
+        }
+        changed
+    }
+
+    fn last_active(&self, user_id: &str) -> Option<DateTime<Utc>> {
+        self.lock().get(user_id).map(|e| e.last_active)
+    }
 }
 
 #[cfg(test)]
@@ -273,5 +324,30 @@ mod tests {
         let expired = p.expire(Utc::now() + chrono::Duration::hours(2)).await;
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].event()["customStatus"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn idle_users_become_away_until_they_act() {
+        let p = MemoryPresence::default();
+        p.connect("idle").await;
+        p.connect("busy").await;
+        p.update("busy", Status::Busy, None).await;
+        let later = Utc::now() + chrono::Duration::minutes(10);
+        let away = p.idle(later);
+        assert_eq!(away.len(), 1, "only online users go away: {away:?}");
+        assert_eq!(
+            (away[0].user_id.as_str(), away[0].status),
+            ("idle", Status::Away)
+        );
+        assert!(p.idle(later).is_empty(), "once");
+        let back = p
+            .touch("idle", later)
+            .expect("activity ends the automatic away");
+        assert_eq!(back.status, Status::Online);
+        assert!(p.touch("idle", later).is_none());
+        // A chosen away is not ended by activity.
+        p.update("idle", Status::Away, None).await;
+        assert!(p.touch("idle", later).is_none());
+        assert_eq!(p.last_active("idle"), Some(later));
     }
 }

@@ -220,14 +220,15 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic work: typing expiry (with `typing:event`), custom status expiry (with
-/// `presence:changed`), presence heartbeats, and audit retention.
+/// Periodic work: typing expiry (with `typing:event`), custom status expiry and idle users
+/// becoming away (with `presence:changed`), presence heartbeats, and audit retention.
 async fn janitor(app: Arc<App>, stop: CancellationToken) {
     let tick = (app.config.typing_timeout / 10)
         .clamp(Duration::from_millis(20), Duration::from_millis(250));
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heartbeat = Instant::now();
+    let mut last_idle_check = Instant::now();
     let mut last_cleanup: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -248,10 +249,27 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
         for state in app.presence.expire(now).await {
             pipeline::broadcast_presence_changed(&app, &state).await;
         }
+        if let Some(away) = app
+            .config
+            .presence_away
+            .filter(|_| app.config.enable_presence)
+            && last_idle_check.elapsed() >= (away / 4).min(Duration::from_secs(5))
+        {
+            last_idle_check = Instant::now();
+            let idle_before = now - chrono::Duration::from_std(away).unwrap_or_default();
+            for state in app.presence.idle(idle_before) {
+                pipeline::broadcast_presence_changed(&app, &state).await;
+            }
+        }
         if last_heartbeat.elapsed() >= app.config.presence_heartbeat {
             last_heartbeat = Instant::now();
             for user_id in app.presence.online_users() {
-                app.writer.write(WriteOp::Heartbeat { user_id, at: now });
+                let last_active = app.presence.last_active(&user_id);
+                app.writer.write(WriteOp::Heartbeat {
+                    user_id,
+                    at: now,
+                    last_active,
+                });
             }
         }
         if last_cleanup.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {

@@ -248,3 +248,35 @@ async fn rooms_scope_limits_presence_to_room_peers() {
         "VALIDATION_ERROR",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_user_becomes_away_and_back_online_on_activity() {
+    let host = TestHost::start(&[("REALTIME_PRESENCE_AWAY_MS", "800")]).await;
+    let mut obs = host.joined("observer", "general").await;
+    let mut ida = host.joined("ida", "general").await;
+    let away = obs
+        .next_event_where("presence:changed", ms(5000), |v| {
+            v["userId"] == "ida" && v["status"] == "away"
+        })
+        .await
+        .expect("idle user goes away");
+    assert_eq!(away["status"], json!("away"), "{away}");
+    // Events skipped above (ida's connect-time online) stay buffered: drop them.
+    obs.clear_events();
+    ida.emit("typing:start", json!({"roomName": "general"}));
+    let back = obs
+        .next_event_where("presence:changed", ms(3000), |v| {
+            v["userId"] == "ida" && v["status"] == "online"
+        })
+        .await
+        .expect("activity makes the user online again");
+    assert_eq!(back["status"], json!("online"), "{back}");
+    // Sending keeps the user online (no away while active).
+    for _ in 0..4 {
+        let ack = ida.send_message("general", "still here").await;
+        assert_eq!(ack["success"], json!(true), "{ack}");
+        tokio::time::sleep(ms(300)).await;
+    }
+    obs.expect_none_where("presence:changed", ms(300), of("ida"))
+        .await;
+}

@@ -42,7 +42,7 @@ pub async fn run(config: &Config, yes: bool, json: bool) -> anyhow::Result<()> {
         json!({"backend": "sqlite", "removedFiles": removed})
     } else {
         let objects = pg_objects();
-        let migrations = drop_postgres(url, &objects).await?;
+        let migrations = drop_postgres(url).await?;
         json!({"backend": "postgres", "tables": objects.tables, "views": objects.views,
                "functions": objects.functions, "migrationRecords": migrations})
     };
@@ -176,25 +176,16 @@ fn parse_creates(sql: &str, out: &mut PgObjects) {
 }
 
 /// Drops the objects in one transaction; returns how many migration records were removed.
-async fn drop_postgres(url: &str, objects: &PgObjects) -> anyhow::Result<u64> {
+/// The uninstall script: the objects of [`pg_objects`], dropped in dependency order.
+const UNINSTALL_SQL: &str = include_str!("../../../migrations/postgres-uninstall.sql");
+
+async fn drop_postgres(url: &str) -> anyhow::Result<u64> {
     let mut conn = sqlx::PgConnection::connect(url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
     let mut tx = conn.begin().await?;
-    // Names come from the migrations compiled into this binary, never from input.
-    if !objects.views.is_empty() {
-        let sql = format!("DROP VIEW IF EXISTS {}", objects.views.join(", "));
-        sqlx::query(&sql).execute(&mut *tx).await?;
-    }
-    if !objects.tables.is_empty() {
-        let sql = format!("DROP TABLE IF EXISTS {}", objects.tables.join(", "));
-        sqlx::query(&sql).execute(&mut *tx).await?;
-    }
-    for f in &objects.functions {
-        sqlx::query(&format!("DROP FUNCTION IF EXISTS {f}"))
-            .execute(&mut *tx)
-            .await?;
-    }
+    // A fixed script (no SQL is assembled from names at run time).
+    sqlx::raw_sql(UNINSTALL_SQL).execute(&mut *tx).await?;
     let versions: Vec<i64> = PG_MIGRATOR.iter().map(|m| m.version).collect();
     let has_records: Option<String> =
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
@@ -216,6 +207,42 @@ async fn drop_postgres(url: &str, objects: &PgObjects) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_uninstall_script_names_every_object_the_migrations_create() {
+        let o = pg_objects();
+        let script: String = UNINSTALL_SQL
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let words: Vec<&str> = script
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .collect();
+        for name in o.tables.iter().chain(&o.views).chain(&o.functions) {
+            let bare = name.split('(').next().unwrap_or(name);
+            assert!(
+                words.contains(&bare),
+                "{bare} is not dropped by the uninstall script"
+            );
+        }
+        // And nothing else: every name after DROP … IF EXISTS is one of the migrations'.
+        let ours: Vec<&str> = o
+            .tables
+            .iter()
+            .chain(&o.views)
+            .chain(&o.functions)
+            .map(|n| n.split('(').next().unwrap_or(n))
+            .collect();
+        let keywords = ["DROP", "VIEW", "TABLE", "FUNCTION", "IF", "EXISTS"];
+        for w in words.iter().filter(|w| !keywords.contains(w)) {
+            assert!(
+                ours.contains(w),
+                "{w} is dropped but not created by the migrations"
+            );
+        }
+    }
 
     #[test]
     fn the_drop_list_is_the_schema_of_the_original_plus_node_leases() {

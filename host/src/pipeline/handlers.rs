@@ -21,6 +21,15 @@ pub(super) async fn dispatch(
     conn: &dyn Conn,
     request: Request,
 ) -> Result<Option<Value>, EventError> {
+    if matches!(
+        request,
+        Request::Join { .. }
+            | Request::Leave { .. }
+            | Request::Send(_)
+            | Request::Typing { start: true, .. }
+    ) {
+        active(app, session).await;
+    }
     match request {
         Request::Join { room } => join(app, session, conn, room).await.map(Some),
         Request::Leave { room } => leave(app, session, conn, room).await.map(|_| None),
@@ -285,6 +294,17 @@ async fn typing(
     };
     conn.to_others(&room, "typing:event", &update.event()).await;
     Ok(())
+}
+
+/// The user did something: an automatic `away` ends (peers are told).
+async fn active(app: &App, session: &Session) {
+    if app.config.enable_presence
+        && let Some(user) = session.user_id()
+        && let Some(state) = app.presence.touch(user, Utc::now())
+    {
+        persist_presence(app, &state);
+        broadcast_presence(app, &state, Vec::new()).await;
+    }
 }
 
 /// Queues the presence row of a user.

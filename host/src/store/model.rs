@@ -257,6 +257,8 @@ pub enum WriteOp {
         user_id: String,
         /// When.
         at: DateTime<Utc>,
+        /// When the user last did something (moves `last_active`).
+        last_active: Option<DateTime<Utc>>,
     },
     /// A typing entry was set or refreshed.
     TypingSet {

@@ -301,12 +301,20 @@ async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(
             .execute(&mut **tx)
             .await?;
         }
-        WriteOp::Heartbeat { user_id, at } => {
-            sqlx::query("UPDATE realtime_presence SET last_heartbeat = $1 WHERE user_id = $2")
-                .bind(at)
-                .bind(text(user_id))
-                .execute(&mut **tx)
-                .await?;
+        WriteOp::Heartbeat {
+            user_id,
+            at,
+            last_active,
+        } => {
+            sqlx::query(
+                "UPDATE realtime_presence SET last_heartbeat = $1, \
+                 last_active = COALESCE($3, last_active) WHERE user_id = $2",
+            )
+            .bind(at)
+            .bind(text(user_id))
+            .bind(last_active)
+            .execute(&mut **tx)
+            .await?;
         }
         WriteOp::MemberJoin {
             room_id,

@@ -181,12 +181,18 @@ async fn apply_one(
             .execute(&mut **tx)
             .await?;
         }
-        WriteOp::Heartbeat { user_id, at } => {
+        WriteOp::Heartbeat {
+            user_id,
+            at,
+            last_active,
+        } => {
             sqlx::query(
-                "UPDATE realtime_presence SET last_heartbeat = ?, updated_at = ? WHERE user_id = ?",
+                "UPDATE realtime_presence SET last_heartbeat = ?, updated_at = ?, \
+                 last_active = COALESCE(?, last_active) WHERE user_id = ?",
             )
             .bind(ts(*at))
             .bind(ts(*at))
+            .bind(last_active.map(ts))
             .bind(user_id)
             .execute(&mut **tx)
             .await?;

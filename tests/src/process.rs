@@ -5,11 +5,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-/// The debug binary next to the test executable (`target/debug/nself-realtime`), built on
-/// first use when it is missing.
+/// The server binary: `NSELF_REALTIME_TEST_BIN` when set (the test command sets it to the
+/// binary its workspace build makes), else the debug binary next to the test executable
+/// (`target/debug/nself-realtime`), brought up to date with `cargo build` on first use.
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("NSELF_REALTIME_TEST_BIN") {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.exists(),
+                "NSELF_REALTIME_TEST_BIN={} does not exist",
+                bin.display()
+            );
+            return bin;
+        }
         let exe = std::env::current_exe().expect("current exe");
         // target/debug/deps/<test> -> target/debug/nself-realtime
         let dir = exe

@@ -9,7 +9,7 @@
 # Environment (defaults in brackets):
 #   PG_ADMIN_URL [postgres://postgres@127.0.0.1:5432/postgres]  a fresh database is created
 #   RATE [2000]        fixed rate of the p99 comparison, events/s
-#   START_RATE [1000]  first rate of --find-max
+#   START_RATE [1000]  first rate of --find-max; STEP_FACTOR [1.25] between its steps
 #   ROOMS [20] ROOM_SIZE [2] SENDERS [20] DURATION [8]
 #   MAX_P99_MS [50]    --find-max latency limit
 #   SERVER_CPUS [1] GEN_CPUS [0]   taskset CPU lists
@@ -22,6 +22,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 RATE="${RATE:-2000}"
 START_RATE="${START_RATE:-1000}"
+STEP_FACTOR="${STEP_FACTOR:-1.25}"
 ROOMS="${ROOMS:-20}"
 ROOM_SIZE="${ROOM_SIZE:-2}"
 SENDERS="${SENDERS:-20}"
@@ -95,7 +96,8 @@ for round in 1 2; do
     echo "== round $round, REALTIME_LOG_EVENT_TYPES=$types: fixed $RATE/s" >&2
     run "fixed-$mode-$round" --rate "$RATE"
     echo "== round $round, REALTIME_LOG_EVENT_TYPES=$types: --find-max from $START_RATE/s" >&2
-    run "max-$mode-$round" --find-max --rate "$START_RATE" --max-p99-ms "$MAX_P99_MS"
+    run "max-$mode-$round" --find-max --rate "$START_RATE" --max-p99-ms "$MAX_P99_MS" \
+      --step-factor "$STEP_FACTOR"
     sleep 2
     stop
     audited[$mode-$round]=$(( $(events) - before ))

@@ -153,7 +153,7 @@ pub struct Config {
     pub presence_scope: PresenceScope,
     /// `REALTIME_ENABLE_COMPRESSION` (default true). Accepted for compatibility; see README.
     pub enable_compression: bool,
-    /// `REALTIME_BATCH_SIZE` (default 100): rows per write-behind transaction.
+    /// `REALTIME_BATCH_SIZE` (default 1000): most rows per write-behind transaction.
     pub batch_size: usize,
     /// `REALTIME_WRITE_QUEUE` (default 100000): write-behind queue bound.
     pub write_queue: usize,
@@ -389,7 +389,7 @@ impl Config {
             presence_heartbeat: v.millis("REALTIME_PRESENCE_HEARTBEAT", 30_000)?,
             presence_scope,
             enable_compression: v.bool("REALTIME_ENABLE_COMPRESSION", true)?,
-            batch_size: v.positive("REALTIME_BATCH_SIZE", 100usize)?,
+            batch_size: v.positive("REALTIME_BATCH_SIZE", 1000usize)?,
             write_queue: v.positive("REALTIME_WRITE_QUEUE", 100_000usize)?,
             max_message_length: v.positive("REALTIME_MAX_MESSAGE_LENGTH", 5000usize)?,
             event_rate: v.positive("REALTIME_EVENT_RATE", 50u32)?,

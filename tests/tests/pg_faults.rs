@@ -103,6 +103,10 @@ async fn database_outage_keeps_serving_and_loses_no_audit_row() {
         degraded_seen,
         "/health never said degraded while the database was down"
     );
+    eprintln!(
+        "{} messages acked, {i} of them while the database was down",
+        sent.len()
+    );
     // A second socket joins a room the server has cached.
     let mut alice2 = host.client("alice").await;
     ack_ok(

@@ -61,10 +61,16 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             let before =
                 Utc::now() - chrono::Duration::days(i64::from(config.event_retention_days));
             let removed = store.cleanup(before).await?;
+            // Connections of servers whose lease expired (crashed) are closed; live servers
+            // are left alone (PostgreSQL; SQLite has one server and resets at its start).
+            let offline = store.reap_dead_nodes().await?;
             if json {
-                print_json(
-                    &json!({"success": true, "defaultRooms": crate::server::DEFAULT_ROOMS, "removedRows": removed}),
-                );
+                print_json(&json!({
+                    "success": true,
+                    "defaultRooms": crate::server::DEFAULT_ROOMS,
+                    "removedRows": removed,
+                    "usersSetOffline": offline.len(),
+                }));
             } else {
                 outln!("✓ Initialization complete");
             }

@@ -199,6 +199,37 @@ impl std::ops::Deref for Store {
     }
 }
 
+/// [`Stats`] from the figures row (`active`, `authed`, `active_rooms`, `total_rooms`,
+/// `events_hour`, `events_total`) and the `status, n` rows of presence; either backend.
+pub(crate) fn stats_from_rows<R>(row: &R, presence_rows: &[R]) -> Result<Stats, StoreError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut presence = PresenceCounts::default();
+    for r in presence_rows {
+        let n: i64 = r.try_get("n")?;
+        match r.try_get::<String, _>("status")?.as_str() {
+            "online" => presence.online += n,
+            "away" => presence.away += n,
+            "busy" => presence.busy += n,
+            "offline" => presence.offline += n,
+            _ => {}
+        }
+    }
+    Ok(Stats {
+        active_connections: row.try_get("active")?,
+        authenticated_connections: row.try_get("authed")?,
+        active_rooms: row.try_get("active_rooms")?,
+        total_rooms: row.try_get("total_rooms")?,
+        presence,
+        events_last_hour: row.try_get("events_hour")?,
+        events_total: row.try_get("events_total")?,
+    })
+}
+
 /// Whether the error means "the database did not answer" (as opposed to "it refused").
 pub fn is_unreachable(e: &sqlx::Error) -> bool {
     matches!(

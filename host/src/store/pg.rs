@@ -20,8 +20,8 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, PresenceCounts, Room, Stats,
-    StoreError, WriteOp,
+    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Room, Stats, StoreError, WriteOp,
+    stats_from_rows,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -585,32 +585,13 @@ impl Backend for PgBackend {
         )
         .fetch_one(&self.pool)
         .await?;
-        let mut presence = PresenceCounts::default();
-        for r in sqlx::query(
+        let presence = sqlx::query(
             "SELECT COALESCE(status, 'offline') AS status, COUNT(*) AS n \
              FROM realtime_presence GROUP BY 1",
         )
         .fetch_all(&self.pool)
-        .await?
-        {
-            let n: i64 = r.try_get("n")?;
-            match r.try_get::<String, _>("status")?.as_str() {
-                "online" => presence.online += n,
-                "away" => presence.away += n,
-                "busy" => presence.busy += n,
-                "offline" => presence.offline += n,
-                _ => {}
-            }
-        }
-        Ok(Stats {
-            active_connections: row.try_get("active")?,
-            authenticated_connections: row.try_get("authed")?,
-            active_rooms: row.try_get("active_rooms")?,
-            total_rooms: row.try_get("total_rooms")?,
-            presence,
-            events_last_hour: row.try_get("events_hour")?,
-            events_total: row.try_get("events_total")?,
-        })
+        .await?;
+        stats_from_rows(&row, &presence)
     }
 
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, PresenceCounts, Room, Stats,
-    StoreError, WriteOp, parse_ts, ts,
+    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Room, Stats, StoreError, WriteOp,
+    parse_ts, stats_from_rows, ts,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -478,29 +478,11 @@ impl Backend for SqliteBackend {
         .bind(hour_ago)
         .fetch_one(&self.pool)
         .await?;
-        let mut presence = PresenceCounts::default();
-        for r in sqlx::query("SELECT status, COUNT(*) AS n FROM realtime_presence GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            let n: i64 = r.try_get("n")?;
-            match r.try_get::<String, _>("status")?.as_str() {
-                "online" => presence.online = n,
-                "away" => presence.away = n,
-                "busy" => presence.busy = n,
-                "offline" => presence.offline = n,
-                _ => {}
-            }
-        }
-        Ok(Stats {
-            active_connections: row.try_get("active")?,
-            authenticated_connections: row.try_get("authed")?,
-            active_rooms: row.try_get("active_rooms")?,
-            total_rooms: row.try_get("total_rooms")?,
-            presence,
-            events_last_hour: row.try_get("events_hour")?,
-            events_total: row.try_get("events_total")?,
-        })
+        let presence =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM realtime_presence GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        stats_from_rows(&row, &presence)
     }
 
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {

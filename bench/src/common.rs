@@ -69,6 +69,14 @@ impl ClientOpts {
     }
 }
 
+/// Keeps the first error of many clients (later ones are dropped; the counters say how many).
+pub fn keep_first(slot: &std::sync::Mutex<Option<String>>, error: impl FnOnce() -> String) {
+    let mut first = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if first.is_none() {
+        *first = Some(error());
+    }
+}
+
 /// Microseconds since the first call in this process (the clock of every timestamp).
 pub fn now_us() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

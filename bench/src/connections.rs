@@ -288,10 +288,7 @@ async fn idle_client(
         Ok(c) => c,
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            let mut first = shared.first_error.lock().expect("lock");
-            if first.is_none() {
-                *first = Some(format!("client {i}: {e:#}"));
-            }
+            common::keep_first(&shared.first_error, || format!("client {i}: {e:#}"));
             return;
         }
     };

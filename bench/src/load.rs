@@ -533,10 +533,9 @@ async fn client_task(
         Ok(c) => c,
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
-            let mut first = shared.setup_error.lock().expect("lock");
-            if first.is_none() {
-                *first = Some(format!("client {}: {e:#}", spec.index));
-            }
+            common::keep_first(&shared.setup_error, || {
+                format!("client {}: {e:#}", spec.index)
+            });
             return;
         }
     };
@@ -715,10 +714,9 @@ fn on_text(
             shared.acks_ok.fetch_add(1, Ordering::Relaxed);
         } else {
             shared.acks_err.fetch_add(1, Ordering::Relaxed);
-            let mut first = shared.first_error.lock().expect("lock");
-            if first.is_none() {
-                *first = Some(String::from_utf8_lossy(t).into_owned());
-            }
+            common::keep_first(&shared.first_error, || {
+                String::from_utf8_lossy(t).into_owned()
+            });
         }
     } else if t == b"41" || t.starts_with(b"41") {
         *server_closed = true;

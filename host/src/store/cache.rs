@@ -169,6 +169,7 @@ impl Directory {
             .get(room_id)
             .and_then(|r| r.get(user_id))
             .and_then(|s| s.value.clone());
+        let was_member = existing.is_some();
         let member = existing.unwrap_or_else(|| {
             Arc::new(Member {
                 user_id: user_id.to_string(),
@@ -177,10 +178,6 @@ impl Directory {
                 is_banned: false,
             })
         });
-        let was_member = read(&self.members)
-            .get(room_id)
-            .and_then(|r| r.get(user_id))
-            .is_some_and(|s| s.value.is_some());
         self.put_member(room_id, user_id, Some(member.clone()));
         let mut counts = write(&self.counts);
         let n = counts.entry(room_id.to_string()).or_insert(0);

@@ -42,6 +42,8 @@ pub struct App {
     pub typing: Arc<dyn TypingTracker>,
     /// Broadcasts.
     pub fanout: Arc<dyn Fanout>,
+    /// Scale-out over Redis (None: a single instance).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Policy modules (None when `REALTIME_ENABLE_PLUGINS=false`).
     pub extensions: Option<Arc<Extensions>>,
     /// `clientMessageId` memory.

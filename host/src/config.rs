@@ -104,8 +104,11 @@ pub struct Config {
     pub port: u16,
     /// `REALTIME_CORS_ORIGIN`: allowed origins; empty or `*` allows all.
     pub cors_origins: Vec<String>,
-    /// `REALTIME_REDIS_URL` (optional; fan-out in-process when unset).
+    /// `REALTIME_REDIS_URL` (optional; everything in-process when unset).
     pub redis_url: Option<String>,
+    /// `REALTIME_REDIS_PREFIX` (default `nself-realtime`): prefix of the Redis keys and
+    /// channels; the instances of one cluster share it.
+    pub redis_prefix: String,
     /// `DATABASE_URL`, or built from `POSTGRES_*` when those are set, else embedded SQLite.
     pub database_url: String,
     /// `REALTIME_MAX_CONNECTIONS` per instance (default 10000).
@@ -365,7 +368,8 @@ impl Config {
                 .map(|s| s.trim().trim_end_matches('/').to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
-            redis_url: v.raw("REALTIME_REDIS_URL"),
+            redis_url: redis_url(&v)?,
+            redis_prefix: redis_prefix(&v)?,
             database_url: database_url(&v)?,
             max_connections: v.positive("REALTIME_MAX_CONNECTIONS", 10_000usize)?,
             connection_rate_per_minute: v.num("REALTIME_RATE_LIMIT", 100u32)?,
@@ -541,6 +545,36 @@ fn parse_event_types(raw: &str) -> EventLogFilter {
     } else {
         EventLogFilter::Only(list)
     }
+}
+
+/// `REALTIME_REDIS_URL`, checked now so that a typo stops the start with its name.
+fn redis_url(v: &Vars) -> Result<Option<String>, ConfigError> {
+    let Some(url) = v.raw("REALTIME_REDIS_URL") else {
+        return Ok(None);
+    };
+    match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+        Ok(_) => Ok(Some(url)),
+        // The value is not echoed: it may carry a password.
+        Err(e) => Err(ConfigError::Rule {
+            var: "REALTIME_REDIS_URL",
+            reason: format!(
+                "not a Redis URL ({e}); expected redis://[:password@]host[:port][/db] or rediss://…"
+            ),
+        }),
+    }
+}
+
+/// `REALTIME_REDIS_PREFIX`: printable, no spaces.
+fn redis_prefix(v: &Vars) -> Result<String, ConfigError> {
+    let p = v.string("REALTIME_REDIS_PREFIX", "nself-realtime");
+    if p.len() > 100 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "REALTIME_REDIS_PREFIX",
+            p,
+            "at most 100 characters, no spaces or control characters",
+        ));
+    }
+    Ok(p)
 }
 
 /// `DATABASE_URL`, else a PostgreSQL URL from `POSTGRES_*` when `POSTGRES_HOST` or

@@ -5,6 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long a `clientMessageId` is remembered.
+pub const DEDUPE_TTL: Duration = Duration::from_secs(600);
+
 /// What the first send of a `clientMessageId` was acked with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sent {

@@ -6,7 +6,9 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 
-use crate::rooms::user_room;
+use std::collections::BTreeMap;
+
+use crate::rooms::{USER_ROOM_PREFIX, user_room};
 
 /// Broadcasts to rooms and to everyone.
 #[async_trait]
@@ -23,6 +25,8 @@ pub trait Fanout: Send + Sync + 'static {
     fn user_rooms(&self, user_id: &str) -> Vec<String>;
     /// Whether `name` is the id of a live socket.
     fn is_socket_id(&self, name: &str) -> bool;
+    /// Sockets of this instance per (user, client-visible room).
+    fn local_room_sockets(&self) -> BTreeMap<(String, String), u32>;
 }
 
 /// [`Fanout`] over a socketioxide instance.
@@ -92,6 +96,23 @@ impl<A: Adapter> Fanout for SocketIoFanout<A> {
         rooms.sort();
         rooms.dedup();
         rooms
+    }
+
+    fn local_room_sockets(&self) -> BTreeMap<(String, String), u32> {
+        let mut out = BTreeMap::new();
+        let Some(ns) = self.io.of("/") else {
+            return out;
+        };
+        for s in ns.local().sockets() {
+            let rooms = s.rooms();
+            let Some(user) = rooms.iter().find_map(|r| r.strip_prefix(USER_ROOM_PREFIX)) else {
+                continue;
+            };
+            for r in rooms.iter().filter(|r| !r.starts_with('#')) {
+                *out.entry((user.to_string(), r.to_string())).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     fn is_socket_id(&self, name: &str) -> bool {

@@ -26,6 +26,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dedupe;
 pub mod error;

@@ -46,6 +46,13 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+/// Label of Redis pub/sub drops.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `out` (not published) or `in` (received but not handled).
+    pub direction: &'static str,
+}
+
 /// All metrics of one server.
 pub struct Metrics {
     /// Users per presence status (set at scrape time).
@@ -93,6 +100,15 @@ pub struct Metrics {
     pub plugin_call_seconds: Family<ModuleLabel, Histogram>,
     /// Module files that failed to load.
     pub plugin_load_failures: Counter,
+    /// Whether Redis answers (1) or not (0); 0 as well when it is not configured.
+    pub redis_up: Gauge,
+    /// Broadcasts published to the other instances.
+    pub redis_published: Counter,
+    /// Cross-instance messages lost: not published (Redis down, queue full) or received and
+    /// not handled (buffer full).
+    pub redis_dropped: Family<DirectionLabel, Counter>,
+    /// Redis connections re-established after a loss.
+    pub redis_reconnects: Counter,
     /// Total events (for the JSON `events.total`).
     pub events_total: AtomicU64,
 }
@@ -140,6 +156,10 @@ impl Metrics {
                 ])
             }),
             plugin_load_failures: Counter::default(),
+            redis_up: Gauge::default(),
+            redis_published: Counter::default(),
+            redis_dropped: Family::default(),
+            redis_reconnects: Counter::default(),
             events_total: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -244,6 +264,26 @@ impl Metrics {
             "plugin_load_failures",
             "Policy module files that failed to load",
             m.plugin_load_failures.clone(),
+        );
+        registry.register(
+            "redis_up",
+            "Whether Redis answers (scale-out)",
+            m.redis_up.clone(),
+        );
+        registry.register(
+            "redis_published",
+            "Broadcasts published to the other instances",
+            m.redis_published.clone(),
+        );
+        registry.register(
+            "redis_messages_dropped",
+            "Cross-instance messages lost (out: not published; in: received but not handled)",
+            m.redis_dropped.clone(),
+        );
+        registry.register(
+            "redis_reconnects",
+            "Redis connections re-established after a loss",
+            m.redis_reconnects.clone(),
         );
         Metrics { registry, ..m }
     }

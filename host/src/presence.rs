@@ -111,12 +111,30 @@ pub trait PresenceManager: Send + Sync + 'static {
     fn state(&self, user_id: &str) -> Option<PresenceState>;
     /// The user did something (sent, typed, joined, left). Returns the new state when this
     /// ends an automatic `away`.
-    fn touch(&self, user_id: &str, now: DateTime<Utc>) -> Option<PresenceState>;
+    async fn touch(&self, user_id: &str, now: DateTime<Utc>) -> Option<PresenceState>;
     /// Connected users who are `online` and did nothing since `idle_before` become `away`
     /// (automatically: their next activity makes them `online` again). Returns those states.
-    fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState>;
+    async fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState>;
     /// When the user last did something (for the `last_active` column).
     fn last_active(&self, user_id: &str) -> Option<DateTime<Utc>>;
+    /// Cluster-wide implementations: writes this instance's live sockets (and `rooms`, the
+    /// sockets per (user, room)) again after shared state was lost or reaped. None when there
+    /// is nothing to re-assert or it could not be done now.
+    async fn reassert(
+        &self,
+        _rooms: &std::collections::BTreeMap<(String, String), u32>,
+    ) -> Option<Reasserted> {
+        None
+    }
+}
+
+/// What a re-assertion changed cluster-wide.
+#[derive(Debug, Default)]
+pub struct Reasserted {
+    /// Users who came online by it.
+    pub online: Vec<PresenceState>,
+    /// Users who went offline by it (no live socket anywhere).
+    pub offline: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -261,7 +279,7 @@ impl PresenceManager for MemoryPresence {
         self.lock().get(user_id).map(|e| state(user_id, e))
     }
 
-    fn touch(&self, user_id: &str, now: DateTime<Utc>) -> Option<PresenceState> {
+    async fn touch(&self, user_id: &str, now: DateTime<Utc>) -> Option<PresenceState> {
         let mut users = self.lock();
         let e = users.get_mut(user_id)?;
         e.last_active = now;
@@ -273,7 +291,7 @@ impl PresenceManager for MemoryPresence {
         None
     }
 
-    fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState> {
+    async fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState> {
         let mut users = self.lock();
         let mut changed = Vec::new();
         for (user_id, e) in users.iter_mut() {
@@ -333,21 +351,22 @@ mod tests {
         p.connect("busy").await;
         p.update("busy", Status::Busy, None).await;
         let later = Utc::now() + chrono::Duration::minutes(10);
-        let away = p.idle(later);
+        let away = p.idle(later).await;
         assert_eq!(away.len(), 1, "only online users go away: {away:?}");
         assert_eq!(
             (away[0].user_id.as_str(), away[0].status),
             ("idle", Status::Away)
         );
-        assert!(p.idle(later).is_empty(), "once");
+        assert!(p.idle(later).await.is_empty(), "once");
         let back = p
             .touch("idle", later)
+            .await
             .expect("activity ends the automatic away");
         assert_eq!(back.status, Status::Online);
-        assert!(p.touch("idle", later).is_none());
+        assert!(p.touch("idle", later).await.is_none());
         // A chosen away is not ended by activity.
         p.update("idle", Status::Away, None).await;
-        assert!(p.touch("idle", later).is_none());
+        assert!(p.touch("idle", later).await.is_none());
         assert_eq!(p.last_active("idle"), Some(later));
     }
 }

@@ -31,8 +31,11 @@ pub fn validate_room_name(name: &str) -> Result<(), EventError> {
 
 /// The internal room every socket of a user is in (never joinable by name).
 pub fn user_room(user_id: &str) -> String {
-    format!("#user:{user_id}")
+    format!("{USER_ROOM_PREFIX}{user_id}")
 }
+
+/// Prefix of the internal per-user rooms.
+pub const USER_ROOM_PREFIX: &str = "#user:";
 
 /// Whether `role` may send in broadcast rooms.
 fn is_staff(member: Option<&Member>) -> bool {

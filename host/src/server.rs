@@ -14,16 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
+use crate::cluster::presence::RedisPresence;
+use crate::cluster::typing::RedisTyping;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
-use crate::fanout::SocketIoFanout;
 use crate::metrics::Metrics;
 use crate::pipeline;
-use crate::presence::MemoryPresence;
+use crate::presence::{MemoryPresence, PresenceManager};
 use crate::presence::{PresenceState, Status};
 use crate::store::cache::Directory;
 use crate::store::{NewRoom, Store, WriteOp, writer};
-use crate::typing::MemoryTyping;
+use crate::typing::{MemoryTyping, TypingTracker};
 use crate::{http, transport};
 
 /// Rooms `init` and the first `serve` create.
@@ -53,9 +55,6 @@ pub async fn run(
             "INSECURE: no REALTIME_JWT_SECRET or REALTIME_JWT_PUBLIC_KEY is set; tokens are \
              decoded WITHOUT signature verification (development mode). Never run this in production."
         );
-    }
-    if config.redis_url.is_some() {
-        tracing::warn!("REALTIME_REDIS_URL is set but this build fans out in-process only");
     }
     let (store, migrations) = Store::open_for_server(&config.database_url)
         .await
@@ -96,6 +95,18 @@ pub async fn run(
         metrics.clone(),
         writer_stop.clone(),
     );
+    let cluster_stop = CancellationToken::new();
+    let cluster = match &config.redis_url {
+        Some(url) => Some(Cluster::start(
+            url,
+            &config.redis_prefix,
+            &node_id,
+            config.node_lease,
+            metrics.clone(),
+            cluster_stop.clone(),
+        )?),
+        None => None,
+    };
     let extensions = if config.enable_plugins {
         let settings = crate::extensions::Settings {
             dir: config.plugins_dir.clone(),
@@ -104,12 +115,29 @@ pub async fn run(
             memory_bytes: (config.plugin_memory_mb as usize) << 20,
             max_payload: config.max_payload_bytes as usize,
         };
-        let kv = Arc::new(crate::extensions::kv::MemoryKv::default());
+        let kv: Arc<dyn crate::extensions::kv::KvStore> = match &cluster {
+            Some(c) => Arc::new(crate::cluster::kv::RedisKv::new(c.link().clone())),
+            None => Arc::new(crate::extensions::kv::MemoryKv::default()),
+        };
         Some(crate::extensions::Extensions::start(settings, kv, metrics.clone()).await?)
     } else {
         None
     };
-    let (layer, io) = transport::layer(&config);
+    let mut sio = transport::Sio::build(&config, cluster.as_ref());
+    let (presence, typing): (Arc<dyn PresenceManager>, Arc<dyn TypingTracker>) = match &cluster {
+        Some(c) => (
+            Arc::new(RedisPresence::new(
+                c.link().clone(),
+                config.presence_away.filter(|_| config.enable_presence),
+                config.node_lease,
+            )),
+            Arc::new(RedisTyping::new(c.link().clone())),
+        ),
+        None => (
+            Arc::new(MemoryPresence::default()),
+            Arc::new(MemoryTyping::default()),
+        ),
+    };
     let app = Arc::new(App {
         config: config.clone(),
         auth,
@@ -117,11 +145,12 @@ pub async fn run(
         directory: directory.clone(),
         writer,
         metrics,
-        presence: Arc::new(MemoryPresence::default()),
-        typing: Arc::new(MemoryTyping::default()),
-        fanout: Arc::new(SocketIoFanout::new(io.clone())),
+        presence,
+        typing,
+        fanout: sio.fanout(),
+        cluster: cluster.clone(),
         extensions: extensions.clone(),
-        dedupe: Dedupe::new(100_000, Duration::from_secs(600)),
+        dedupe: Dedupe::new(100_000, crate::dedupe::DEDUPE_TTL),
         ip_limiter: App::ip_limiter(config.connection_rate_per_minute),
         slots: Default::default(),
         draining: CancellationToken::new(),
@@ -129,7 +158,7 @@ pub async fn run(
         live: Default::default(),
         started: Instant::now(),
     });
-    transport::register(&io, app.clone());
+    sio.register(app.clone()).await;
 
     let tasks_stop = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), tasks_stop.clone()));
@@ -142,8 +171,15 @@ pub async fn run(
         })
     };
     let watcher = extensions.as_ref().map(|e| e.watch(tasks_stop.clone()));
-    let router = http::router(app.clone())
-        .layer(layer)
+    let cluster_task = cluster.clone().map(|c| {
+        let (app, stop) = (app.clone(), tasks_stop.clone());
+        tokio::spawn(async move {
+            let on_up = || cluster_up(&app);
+            c.monitor(stop, on_up).await
+        })
+    });
+    let router = sio
+        .route(http::router(app.clone()))
         .layer(transport::cors(&config))
         .layer(axum::middleware::from_fn_with_state(
             config.clone(),
@@ -178,7 +214,7 @@ pub async fn run(
             "shutdown timeout reached with connections still open"
         );
     }
-    if tokio::time::timeout(left(deadline).max(Duration::from_secs(1)), io.close())
+    if tokio::time::timeout(left(deadline).max(Duration::from_secs(1)), sio.close())
         .await
         .is_err()
     {
@@ -187,6 +223,9 @@ pub async fn run(
     tasks_stop.cancel();
     let _ = janitor.await;
     let _ = leases.await;
+    if let Some(t) = cluster_task {
+        let _ = t.await;
+    }
     let _ = feed.await;
     if let Some(m) = migrations {
         m.abort();
@@ -210,6 +249,12 @@ pub async fn run(
     {
         tracing::warn!(error = %e, "could not release the node lease");
     }
+    if let Some(c) = &app.cluster {
+        // Hand this instance's sockets back (its users with no socket elsewhere go offline in
+        // Redis; their clients were told by the drain already).
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.leave()).await;
+    }
+    cluster_stop.cancel();
     http_stop.cancel();
     match tokio::time::timeout(left(deadline).max(Duration::from_millis(100)), server_task).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
@@ -257,7 +302,7 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
         {
             last_idle_check = Instant::now();
             let idle_before = now - chrono::Duration::from_std(away).unwrap_or_default();
-            for state in app.presence.idle(idle_before) {
+            for state in app.presence.idle(idle_before).await {
                 pipeline::broadcast_presence_changed(&app, &state).await;
             }
         }
@@ -295,10 +340,44 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_renew: Option<Instant> = None;
     let mut db_ok_since: Option<Instant> = None;
+    let mut redis_renew: Option<Instant> = None;
+    let mut redis_ok_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.cancelled() => return,
+        }
+        if let Some(c) = &app.cluster {
+            // The same lease in Redis, where presence lives when scaled out.
+            if redis_renew.is_none_or(|t| t.elapsed() >= lease / 3) {
+                match c.renew_lease().await {
+                    Some(kept) => {
+                        redis_renew = Some(Instant::now());
+                        redis_ok_since.get_or_insert_with(Instant::now);
+                        if !kept {
+                            // Reaped while we could not renew, or Redis lost its data.
+                            c.resync();
+                        }
+                    }
+                    None => redis_ok_since = None,
+                }
+            }
+            if !c.up() {
+                redis_ok_since = None;
+            }
+            if redis_ok_since.is_some_and(|t| t.elapsed() >= lease / 2)
+                && let Some(users) = c.reap(None).await
+            {
+                for user_id in users {
+                    let state = PresenceState {
+                        user_id,
+                        status: Status::Offline,
+                        custom: None,
+                        connections: 0,
+                    };
+                    pipeline::announce_presence(&app, &state).await;
+                }
+            }
         }
         if last_renew.is_none_or(|t| t.elapsed() >= lease / 3) {
             let renewed =
@@ -320,6 +399,9 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
         }
         if db_ok_since.is_some_and(|t| t.elapsed() >= lease / 2) {
             match app.store.reap_dead_nodes().await {
+                // Scaled out, presence is decided in Redis (above): the database cleanup
+                // only closes the dead nodes' rows.
+                Ok(_) if app.cluster.is_some() => {}
                 Ok(users) => {
                     for user_id in users {
                         if app
@@ -347,6 +429,39 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// Redis answers again (or for the first time): this instance's live sockets are written
+/// again (they may have been reaped, or the shared state lost with a Redis restart), and the
+/// users whose cluster-wide presence changed by it are announced.
+async fn cluster_up(app: &App) -> bool {
+    let rooms = app.fanout.local_room_sockets();
+    let Some(changed) = app.presence.reassert(&rooms).await else {
+        return false;
+    };
+    if !changed.online.is_empty() || !changed.offline.is_empty() {
+        tracing::info!(
+            online = changed.online.len(),
+            offline = changed.offline.len(),
+            "presence re-asserted in redis"
+        );
+    }
+    if !app.config.enable_presence {
+        return true;
+    }
+    for state in changed.online {
+        pipeline::broadcast_presence_changed(app, &state).await;
+    }
+    for user_id in changed.offline {
+        let state = PresenceState {
+            user_id,
+            status: Status::Offline,
+            custom: None,
+            connections: 0,
+        };
+        pipeline::broadcast_presence_changed(app, &state).await;
+    }
+    true
 }
 
 /// Queues this node's live connection rows and its users' presence again (upserts).

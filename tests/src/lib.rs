@@ -11,6 +11,8 @@
 //! - [`pg`]: a fresh database on the shared PostgreSQL, or a private PostgreSQL server that a
 //!   test may stop and restart.
 //! - [`process`]: the `nself-realtime` binary as a separate process (CLI, SIGKILL tests).
+//! - [`redis`]: a unique key prefix on the shared Redis, or a private `redis-server` that a
+//!   test may shut down, restart, pause and whose connections it may kill.
 //! - [`time`]: wall-clock helpers (epoch milliseconds, ISO 8601) without a date crate.
 //!
 //! The feature tests live in `tests/tests/*.rs`, one file per feature; the official JS client
@@ -20,6 +22,7 @@ pub mod client;
 pub mod host;
 pub mod pg;
 pub mod process;
+pub mod redis;
 pub mod time;
 pub mod token;
 

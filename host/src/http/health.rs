@@ -51,9 +51,14 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     } else {
         "ok"
     };
+    let redis_check = match &app.cluster {
+        None => "disabled",
+        Some(c) if c.healthy() => "ok",
+        Some(_) => "down",
+    };
     let status = if app.is_draining() {
         "unhealthy"
-    } else if db_ok && plugins_check != "error" {
+    } else if db_ok && plugins_check != "error" && redis_check != "down" {
         "healthy"
     } else {
         "degraded"
@@ -71,7 +76,7 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         "auth": if app.auth.insecure() { "insecure-dev" } else { "verified" },
         "checks": {
             "database": if db_ok { "ok" } else { "error" },
-            "redis": if app.config.redis_url.is_some() { "not-supported" } else { "disabled" },
+            "redis": redis_check,
             "plugins": plugins_check,
         },
         "plugins": { "loaded": loaded, "failed": failed, "quarantined": quarantined },

@@ -131,7 +131,11 @@ async fn join(
         },
         None => (count, None),
     };
+    let newly = !session.joined.contains_key(&name);
     conn.join(&name);
+    if newly && let (Some(cluster), Some(u)) = (&app.cluster, session.user_id()) {
+        cluster.room_joined(u, &name).await;
+    }
     let user_id = session.identity.user_id.clone();
     session.joined.insert(name.clone(), Joined { room, member });
     conn.to_others(
@@ -162,6 +166,11 @@ async fn leave(
     };
     conn.leave(&name);
     let joined = session.joined.remove(&name);
+    if joined.is_some()
+        && let (Some(cluster), Some(u)) = (&app.cluster, session.user_id())
+    {
+        cluster.rooms_left(u, std::slice::from_ref(&name)).await;
+    }
     if let Some(user) = session.user_id() {
         let member = match dir.member_now(&room.id, user) {
             Some(m) => m,
@@ -231,14 +240,21 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
         "messageId": message_id,
     });
     if let Some((user, cid)) = dedupe_key {
-        app.dedupe.put(
-            user,
-            cid,
-            Sent {
-                message_id: message_id.clone(),
-                timestamp: timestamp.clone(),
-            },
-        );
+        let sent = Sent {
+            message_id: message_id.clone(),
+            timestamp: timestamp.clone(),
+        };
+        // Scaled out, the id is claimed cluster-wide: a retry on another instance gets the
+        // first result, not a second delivery.
+        if let Some(cluster) = &app.cluster
+            && let Some(first) = cluster
+                .claim_message(user, cid, &sent, crate::dedupe::DEDUPE_TTL)
+                .await
+        {
+            app.dedupe.put(user, cid, first.clone());
+            return Ok(json!({ "messageId": first.message_id, "timestamp": first.timestamp }));
+        }
+        app.dedupe.put(user, cid, sent);
     }
     app.fanout
         .room(&msg.room, None, "message:new", &event)
@@ -300,7 +316,7 @@ async fn typing(
 async fn active(app: &App, session: &Session) {
     if app.config.enable_presence
         && let Some(user) = session.user_id()
-        && let Some(state) = app.presence.touch(user, Utc::now())
+        && let Some(state) = app.presence.touch(user, Utc::now()).await
     {
         persist_presence(app, &state);
         broadcast_presence(app, &state, Vec::new()).await;

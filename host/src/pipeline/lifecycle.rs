@@ -84,8 +84,16 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
             .await;
     }
     if let Some(user) = session.user_id() {
+        let rooms: Vec<String> = session.joined.keys().cloned().collect();
+        // Scaled out: rooms where the user has no socket on any instance any more (None when
+        // Redis did not answer: decided from this instance alone).
+        let gone_everywhere = match &app.cluster {
+            Some(c) => c.rooms_left(user, &rooms).await,
+            None => None,
+        };
         for room in session.joined.keys() {
-            if !app.fanout.user_in_room(user, room, &session.socket_id) {
+            let elsewhere = gone_everywhere.as_ref().is_some_and(|g| !g.contains(room));
+            if !elsewhere && !app.fanout.user_in_room(user, room, &session.socket_id) {
                 app.fanout
                     .room(
                         room,
@@ -110,6 +118,10 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
 /// Shutdown path of [`on_disconnect`]: state and rows only, no broadcasts.
 async fn forget(app: &App, session: &Session, reason: &str) {
     app.typing.clear_socket(&session.socket_id).await;
+    if let (Some(c), Some(user)) = (&app.cluster, session.user_id()) {
+        let rooms: Vec<String> = session.joined.keys().cloned().collect();
+        c.rooms_left(user, &rooms).await;
+    }
     if app.config.enable_presence
         && let Some(user) = session.user_id()
         && let Some(state) = app.presence.disconnect(user).await

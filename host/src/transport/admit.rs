@@ -76,7 +76,20 @@ pub async fn admit<A: Adapter>(
     s: SocketRef<A>,
     auth: Option<Value>,
 ) -> Result<(), Refusal> {
-    let result = check(&app, &s, auth.as_ref());
+    // Scaled out, the per-IP connection rate counts across instances (the local limiter
+    // still applies, and alone while Redis is down).
+    let per_minute = app.config.connection_rate_per_minute;
+    let cluster_allows = match (&app.cluster, peer_ip(&s)) {
+        (Some(c), Some(ip)) if per_minute > 0 && !app.is_draining() => {
+            c.ip_allowed(ip, per_minute).await
+        }
+        _ => true,
+    };
+    let result = if cluster_allows {
+        check(&app, &s, auth.as_ref())
+    } else {
+        Err(Refusal::TooMany)
+    };
     let (identity, slot, ip) = match result {
         Ok(ok) => ok,
         Err(refusal) => {

@@ -22,8 +22,13 @@ use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use socketioxide_core::adapter::DefinedAdapter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
+
 use crate::app::App;
+use crate::cluster::Cluster;
+use crate::cluster::driver::PubSubDriver;
 use crate::config::Config;
+use crate::fanout::{Fanout, SocketIoFanout};
 
 /// The engine configured from [`Config`] (every limit set explicitly).
 pub fn builder(config: &Config) -> SocketIoBuilder {
@@ -44,10 +49,86 @@ pub fn builder(config: &Config) -> SocketIoBuilder {
         .upgrade_timeout(config.connect_timeout)
 }
 
-/// Builds the Socket.IO layer with a placeholder handle, so that [`App`] can be created with
-/// the handle before the namespace (which needs the [`App`]) is registered by [`register`].
-pub fn layer(config: &Config) -> (SocketIoLayer, SocketIo) {
-    builder(config).build_layer()
+/// The adapter of a cluster: socketioxide-redis over our supervised driver.
+pub type ClusterAdapter = CustomRedisAdapter<SocketEmitter, PubSubDriver>;
+type SocketEmitter = socketioxide::adapter::Emitter;
+
+/// The Socket.IO engine of one server: in-process, or over Redis when scaled out. Built before
+/// [`App`] (which holds its fan-out) and registered once the [`App`] exists.
+pub enum Sio {
+    /// Single instance.
+    Local(Option<SocketIoLayer>, SocketIo),
+    /// Broadcasts cross instances through Redis.
+    Cluster(
+        Option<SocketIoLayer<ClusterAdapter>>,
+        SocketIo<ClusterAdapter>,
+    ),
+}
+
+impl Sio {
+    /// Builds the engine; with a cluster, over its driver, channels under the cluster prefix.
+    pub fn build(config: &Config, cluster: Option<&Arc<Cluster>>) -> Sio {
+        match cluster {
+            None => {
+                let (layer, io) = builder(config).build_layer();
+                Sio::Local(Some(layer), io)
+            }
+            Some(c) => {
+                let adapter_config = RedisAdapterConfig::new()
+                    .with_prefix(format!("{}:sio", config.redis_prefix))
+                    .with_stream_buffer(8192)
+                    .with_request_timeout(Duration::from_secs(2));
+                let ctr = RedisAdapterCtr::new_with_driver(c.driver(), adapter_config);
+                let (layer, io) = builder(config)
+                    .with_adapter::<ClusterAdapter>(ctr)
+                    .build_layer();
+                Sio::Cluster(Some(layer), io)
+            }
+        }
+    }
+
+    /// The fan-out over this engine.
+    pub fn fanout(&self) -> Arc<dyn Fanout> {
+        match self {
+            Sio::Local(_, io) => Arc::new(SocketIoFanout::new(io.clone())),
+            Sio::Cluster(_, io) => Arc::new(SocketIoFanout::new(io.clone())),
+        }
+    }
+
+    /// Registers the `/` namespace (see [`register`]); with a cluster, waits for the adapter's
+    /// subscriptions (they are retried in the background when Redis is down).
+    pub async fn register(&self, app: Arc<App>) {
+        match self {
+            Sio::Local(_, io) => register(io, app),
+            Sio::Cluster(_, io) => {
+                if let Err(e) = register(io, app).await {
+                    tracing::error!(error = %e, "socket.io adapter did not start");
+                }
+            }
+        }
+    }
+
+    /// Adds the Socket.IO layer to the router (once).
+    pub fn route(&mut self, router: axum::Router) -> axum::Router {
+        match self {
+            Sio::Local(layer, _) => match layer.take() {
+                Some(l) => router.layer(l),
+                None => router,
+            },
+            Sio::Cluster(layer, _) => match layer.take() {
+                Some(l) => router.layer(l),
+                None => router,
+            },
+        }
+    }
+
+    /// Closes every transport (clients see a transport close).
+    pub async fn close(&self) {
+        match self {
+            Sio::Local(_, io) => io.close().await,
+            Sio::Cluster(_, io) => io.close().await,
+        }
+    }
 }
 
 /// Registers the `/` namespace: [`admit`] runs before the connect reply (auth, limits, handler

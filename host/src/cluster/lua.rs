@@ -1,0 +1,429 @@
+//! The Redis scripts. Each runs atomically on the server, which is what makes a transition
+//! (first socket of a user, last socket, an expiry, a dead instance's cleanup) happen once
+//! cluster-wide however many instances race for it.
+//!
+//! Layout under the prefix `P` (ARGV[1] of every script but `CLAIM`):
+//! - `P:nodes` sorted set: instance id -> lease end (ms)
+//! - `P:node:<id>:users` hash: user -> sockets on that instance
+//! - `P:node:<id>:rooms` hash: `room 0x1f user` -> sockets of the user in the room there
+//! - `P:user:<id>` hash: `status`, `auto` (1 = automatic away), `ctext`, `cemoji`, `cexp` (ms)
+//! - `P:cexp` sorted set: user -> custom status end; `P:active` sorted set: user -> last activity
+//! - `P:typing:<room> 0x1f <thread>` hash: user -> `started|expires|socket`;
+//!   `P:typing:exp` sorted set: `room 0x1f thread 0x1e user` -> expiry
+//!
+//! Keys are built inside the scripts, so this needs a standalone Redis (or a primary behind
+//! Sentinel), not Redis Cluster.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared helpers, prepended to the presence scripts.
+const COMMON: &str = r#"
+local P = ARGV[1]
+local function total(user, except, now)
+  local n = 0
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', P .. ':nodes', '(' .. now, '+inf')) do
+    if node ~= except then
+      n = n + (tonumber(redis.call('HGET', P .. ':node:' .. node .. ':users', user) or '0') or 0)
+    end
+  end
+  return n
+end
+local function st(user, conns)
+  local h = redis.call('HMGET', P .. ':user:' .. user, 'status', 'ctext', 'cemoji', 'cexp')
+  local o = { u = user, s = h[1] or 'offline', c = conns }
+  if h[2] then o.t = h[2] end
+  if h[3] then o.e = h[3] end
+  if h[4] then o.x = tonumber(h[4]) end
+  return o
+end
+local function offline(user, now)
+  local k = P .. ':user:' .. user
+  local cexp = tonumber(redis.call('HGET', k, 'cexp') or '0') or 0
+  local keep = redis.call('HEXISTS', k, 'ctext') == 1 and (cexp == 0 or cexp > now)
+  if keep then
+    redis.call('HSET', k, 'status', 'offline', 'auto', '0')
+  else
+    redis.call('DEL', k)
+    redis.call('ZREM', P .. ':cexp', user)
+  end
+  redis.call('ZREM', P .. ':active', user)
+end
+local function online(user, now)
+  local k = P .. ':user:' .. user
+  local cexp = tonumber(redis.call('HGET', k, 'cexp') or '0') or 0
+  if cexp > 0 and cexp <= now then
+    redis.call('HDEL', k, 'ctext', 'cemoji', 'cexp')
+    redis.call('ZREM', P .. ':cexp', user)
+  end
+  redis.call('HSET', k, 'status', 'online', 'auto', '0')
+  redis.call('ZADD', P .. ':active', now, user)
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}"))
+}
+
+/// ARGV: P, node, user, now. A socket of `user` connected on `node`.
+pub static CONNECT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local node, user, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local others = total(user, node, now)
+local mine = redis.call('HINCRBY', P .. ':node:' .. node .. ':users', user, 1)
+local out = { changed = false }
+if others == 0 and mine == 1 then
+  online(user, now)
+  out.changed = true
+end
+out.state = st(user, others + mine)
+return cjson.encode(out)
+"#,
+    )
+});
+
+/// ARGV: P, node, user, now. A socket of `user` on `node` disconnected.
+pub static DISCONNECT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local node, user, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local hk = P .. ':node:' .. node .. ':users'
+local mine = redis.call('HINCRBY', hk, user, -1)
+if mine <= 0 then
+  redis.call('HDEL', hk, user)
+  mine = 0
+end
+local others = total(user, node, now)
+local out = { changed = false }
+if mine + others == 0 then
+  offline(user, now)
+  out.changed = true
+end
+out.state = st(user, mine + others)
+return cjson.encode(out)
+"#,
+    )
+});
+
+/// ARGV: P, user, status, now, text, emoji, expiry ms ("" = none). `presence:update`.
+pub static UPDATE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local user, status, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local text, emoji, cexp = ARGV[5], ARGV[6], ARGV[7]
+local k = P .. ':user:' .. user
+redis.call('HSET', k, 'status', status, 'auto', '0')
+redis.call('HDEL', k, 'ctext', 'cemoji', 'cexp')
+redis.call('ZREM', P .. ':cexp', user)
+if text ~= '' then
+  redis.call('HSET', k, 'ctext', text)
+  if emoji ~= '' then redis.call('HSET', k, 'cemoji', emoji) end
+  if cexp ~= '' then
+    redis.call('HSET', k, 'cexp', cexp)
+    redis.call('ZADD', P .. ':cexp', cexp, user)
+  end
+end
+local conns = total(user, '', now)
+if conns > 0 then redis.call('ZADD', P .. ':active', now, user) end
+return cjson.encode({ changed = true, state = st(user, conns) })
+"#,
+    )
+});
+
+/// ARGV: P, now. Custom statuses whose expiry passed are cleared (each once).
+pub static EXPIRE_CUSTOM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = tonumber(ARGV[2])
+local out = {}
+for _, u in ipairs(redis.call('ZRANGEBYSCORE', P .. ':cexp', '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', P .. ':cexp', u)
+  local k = P .. ':user:' .. u
+  redis.call('HDEL', k, 'ctext', 'cemoji', 'cexp')
+  local conns = total(u, '', now)
+  if conns == 0 then redis.call('DEL', k) end
+  table.insert(out, st(u, conns))
+end
+return cjson.encode({ list = out })
+"#,
+    )
+});
+
+/// ARGV: P, idle_before, now. Connected `online` users idle since `idle_before` become an
+/// automatic `away` (each once).
+pub static IDLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local before, now = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for _, u in ipairs(redis.call('ZRANGEBYSCORE', P .. ':active', '-inf', '(' .. before, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', P .. ':active', u)
+  local k = P .. ':user:' .. u
+  local conns = total(u, '', now)
+  if conns > 0 and redis.call('HGET', k, 'status') == 'online' then
+    redis.call('HSET', k, 'status', 'away', 'auto', '1')
+    table.insert(out, st(u, conns))
+  end
+end
+return cjson.encode({ list = out })
+"#,
+    )
+});
+
+/// ARGV: P, user, now. Activity: refreshes the user's last activity and ends an automatic away.
+pub static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local user, now = ARGV[2], tonumber(ARGV[3])
+local k = P .. ':user:' .. user
+local status = redis.call('HGET', k, 'status')
+if not status or status == 'offline' then return cjson.encode({ changed = false }) end
+redis.call('ZADD', P .. ':active', now, user)
+if status == 'away' and redis.call('HGET', k, 'auto') == '1' then
+  redis.call('HSET', k, 'status', 'online', 'auto', '0')
+  return cjson.encode({ changed = true, state = st(user, total(user, '', now)) })
+end
+return cjson.encode({ changed = false })
+"#,
+    )
+});
+
+/// ARGV: P, now, force. Instances whose lease ended (or `force`) are removed; returns them and
+/// their users left with no socket on a live instance.
+pub static REAP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now, force = tonumber(ARGV[2]), ARGV[3]
+local dead
+if force ~= '' then
+  dead = { force }
+else
+  dead = redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', now, 'LIMIT', 0, 100)
+end
+local gone = {}
+for _, node in ipairs(dead) do
+  local hk = P .. ':node:' .. node .. ':users'
+  local users = redis.call('HKEYS', hk)
+  redis.call('DEL', hk, P .. ':node:' .. node .. ':rooms')
+  redis.call('ZREM', P .. ':nodes', node)
+  for _, u in ipairs(users) do
+    if total(u, '', now) == 0 then
+      offline(u, now)
+      table.insert(gone, u)
+    end
+  end
+end
+return cjson.encode({ nodes = dead, users = gone })
+"#,
+    )
+});
+
+/// ARGV: P, node, now, lease end, users JSON {user: n}, rooms JSON {field: n}. Replaces what
+/// Redis holds for `node` with its live state; returns who came online and who went offline.
+pub static REASSERT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local node, now, lease_end = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local users, rooms = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
+local hk = P .. ':node:' .. node .. ':users'
+local rk = P .. ':node:' .. node .. ':rooms'
+local old = {}
+local flat = redis.call('HGETALL', hk)
+for i = 1, #flat, 2 do old[flat[i]] = tonumber(flat[i + 1]) end
+redis.call('DEL', hk, rk)
+local came = {}
+for u, n in pairs(users) do
+  local others = total(u, node, now)
+  redis.call('HSET', hk, u, n)
+  local status = redis.call('HGET', P .. ':user:' .. u, 'status')
+  if others == 0 and (not old[u] or not status or status == 'offline') then
+    online(u, now)
+    table.insert(came, st(u, others + n))
+  end
+end
+for f, n in pairs(rooms) do redis.call('HSET', rk, f, n) end
+redis.call('ZADD', P .. ':nodes', lease_end, node)
+local gone = {}
+for u, _ in pairs(old) do
+  if not users[u] and total(u, '', now) == 0 then
+    offline(u, now)
+    table.insert(gone, u)
+  end
+end
+return cjson.encode({ online = came, offline = gone })
+"#,
+    )
+});
+
+/// ARGV: P, node, now, user, rooms JSON [room]. A socket of `user` on `node` left `rooms`;
+/// returns those where the user has no socket left on any live instance.
+pub static ROOMS_LEFT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local node, now, user = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local rooms = cjson.decode(ARGV[5])
+local rk = P .. ':node:' .. node .. ':rooms'
+local live = redis.call('ZRANGEBYSCORE', P .. ':nodes', '(' .. now, '+inf')
+local out = {}
+for _, room in ipairs(rooms) do
+  local f = room .. '\31' .. user
+  local mine = redis.call('HINCRBY', rk, f, -1)
+  if mine <= 0 then
+    redis.call('HDEL', rk, f)
+    mine = 0
+  end
+  local n = mine
+  for _, other in ipairs(live) do
+    if other ~= node then
+      n = n + (tonumber(redis.call('HGET', P .. ':node:' .. other .. ':rooms', f) or '0') or 0)
+    end
+  end
+  if n == 0 then table.insert(out, room) end
+end
+return cjson.encode({ list = out })
+"#,
+    )
+});
+
+/// Typing helpers, prepended to the typing scripts.
+const TYPING: &str = r#"
+local P = ARGV[1]
+local function tkey(room, thread) return P .. ':typing:' .. room .. '\31' .. thread end
+local function tmember(room, thread, user) return room .. '\31' .. thread .. '\30' .. user end
+local function parse(v)
+  local started, expires, socket = string.match(v, '^(%-?%d+)|(%-?%d+)|(.*)$')
+  return tonumber(started), tonumber(expires), socket
+end
+local function entries(key, now)
+  local flat = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #flat, 2 do
+    local started, expires = parse(flat[i + 1])
+    if expires and expires > now then table.insert(out, { u = flat[i], t = started }) end
+  end
+  table.sort(out, function(a, b) if a.t == b.t then return a.u < b.u end return a.t < b.t end)
+  return out
+end
+"#;
+
+fn typing_script(body: &str) -> Script {
+    Script::new(&format!("{TYPING}\n{body}"))
+}
+
+/// ARGV: P, room, thread ("" = none), user, socket, now, ttl ms.
+pub static TYPING_START: LazyLock<Script> = LazyLock::new(|| {
+    typing_script(
+        r#"
+local room, thread, user, socket = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
+local key = tkey(room, thread)
+redis.call('HSET', key, user, now .. '|' .. (now + ttl) .. '|' .. socket)
+redis.call('PEXPIRE', key, ttl + 60000)
+redis.call('ZADD', P .. ':typing:exp', now + ttl, tmember(room, thread, user))
+return cjson.encode({ list = entries(key, now) })
+"#,
+    )
+});
+
+/// ARGV: P, room, thread, user, now.
+pub static TYPING_STOP: LazyLock<Script> = LazyLock::new(|| {
+    typing_script(
+        r#"
+local room, thread, user, now = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local key = tkey(room, thread)
+redis.call('HDEL', key, user)
+redis.call('ZREM', P .. ':typing:exp', tmember(room, thread, user))
+return cjson.encode({ list = entries(key, now) })
+"#,
+    )
+});
+
+/// ARGV: P, socket, now, entries JSON [[room, thread, user]]. Removes the entries the socket
+/// still owns; one update per removed entry.
+pub static TYPING_CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    typing_script(
+        r#"
+local socket, now = ARGV[2], tonumber(ARGV[3])
+local out = {}
+for _, e in ipairs(cjson.decode(ARGV[4])) do
+  local room, thread, user = e[1], e[2], e[3]
+  local key = tkey(room, thread)
+  local v = redis.call('HGET', key, user)
+  if v then
+    local _, _, owner = parse(v)
+    if owner == socket then
+      redis.call('HDEL', key, user)
+      redis.call('ZREM', P .. ':typing:exp', tmember(room, thread, user))
+      table.insert(out, { r = room, h = thread, u = user, list = entries(key, now) })
+    end
+  end
+end
+return cjson.encode({ list = out })
+"#,
+    )
+});
+
+/// ARGV: P, now. Entries whose expiry passed are removed (each once, cluster-wide).
+pub static TYPING_EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    typing_script(
+        r#"
+local now = tonumber(ARGV[2])
+local out = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. ':typing:exp', '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', P .. ':typing:exp', m)
+  local rt, user = string.match(m, '^(.*)\30(.*)$')
+  if rt then
+    local room, thread = string.match(rt, '^(.*)\31(.*)$')
+    if room then
+      local key = tkey(room, thread)
+      local v = redis.call('HGET', key, user)
+      if v then
+        local _, expires = parse(v)
+        if expires and expires <= now then
+          redis.call('HDEL', key, user)
+          table.insert(out, { r = room, h = thread, u = user, list = entries(key, now) })
+        end
+      end
+    end
+  end
+end
+return cjson.encode({ list = out })
+"#,
+    )
+});
+
+/// KEYS: the key. ARGV: value, ttl ms. The earlier value, or sets it and answers nil.
+pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#,
+    )
+});
+
+/// KEYS: the key. ARGV: delta, ttl ms (0 = none). Adds to an integer (absent or not an integer
+/// counts as 0); the TTL applies when the key is created.
+pub static INCR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1])
+local n = 0
+if v and string.match(v, '^%-?%d+$') then n = tonumber(v) end
+n = n + tonumber(ARGV[1])
+local s = string.format('%d', n)
+if v then
+  redis.call('SET', KEYS[1], s, 'KEEPTTL')
+elseif tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], s, 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], s)
+end
+return n
+"#,
+    )
+});

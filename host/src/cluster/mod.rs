@@ -1,0 +1,416 @@
+//! Scale-out over Redis (`REALTIME_REDIS_URL`): several instances behave as one server.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Cluster`]: the command connection, the up/down monitor, node leases and crash cleanup, room sockets across instances, `clientMessageId` claims, the per-IP connection count |
+//! | `driver.rs` | the socketioxide-redis [`Driver`](socketioxide_redis::drivers::Driver): a supervised pub/sub connection (reconnects, resubscribes) and a non-blocking publish queue; every lost message counted |
+//! | `presence.rs` | [`RedisPresence`](presence::RedisPresence): per-node socket counts, shared status |
+//! | `typing.rs` | [`RedisTyping`](typing::RedisTyping): shared typing entries, expiry emitted once |
+//! | `kv.rs` | [`RedisKv`](kv::RedisKv): the policy modules' key/value store |
+//! | `lua.rs` | the scripts (atomic read-modify-write on the server) |
+//!
+//! Every call from the event path is bounded by [`CALL_TIMEOUT`] and skipped while Redis is
+//! down: each instance then serves its own clients from its local state (what it would do
+//! alone) and re-asserts its live sockets when Redis is back.
+
+pub mod driver;
+pub mod kv;
+mod lua;
+pub mod presence;
+pub mod typing;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, IntoConnectionInfo};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::dedupe::Sent;
+use crate::metrics::Metrics;
+
+/// Longest wait for one Redis call on the event path.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(300);
+/// How often the monitor pings Redis.
+const PING_EVERY: Duration = Duration::from_millis(500);
+
+/// The Redis connection shared by the state implementations and the driver.
+pub struct Link {
+    client: redis::Client,
+    cmd: ConnectionManager,
+    up: AtomicBool,
+    /// Key and channel prefix.
+    pub prefix: String,
+    /// This instance's id.
+    pub node: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Link {
+    /// Whether Redis answered the last check.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self, up: bool) -> bool {
+        let was = self.up.swap(up, Ordering::AcqRel);
+        self.metrics.redis_up.set(i64::from(up));
+        was
+    }
+
+    /// Runs one command or script invocation within [`CALL_TIMEOUT`]; None when Redis is down,
+    /// slow or refuses (the caller falls back to local state).
+    pub async fn call<T: FromRedisValue>(
+        &self,
+        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        if !self.up() {
+            return None;
+        }
+        let mut conn = self.cmd.clone();
+        match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis call failed");
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.set_up(false);
+                }
+                None
+            }
+            Err(_) => {
+                tracing::debug!("redis call timed out");
+                self.set_up(false);
+                None
+            }
+        }
+    }
+
+    /// Runs a script that answers JSON and decodes it.
+    pub async fn script<T: DeserializeOwned>(
+        &self,
+        script: &redis::Script,
+        args: &[&str],
+    ) -> Option<T> {
+        let json: String = self
+            .call(async |c| {
+                let mut inv = script.prepare_invoke();
+                inv.arg(&self.prefix);
+                for a in args {
+                    inv.arg(*a);
+                }
+                inv.invoke_async(c).await
+            })
+            .await?;
+        match serde_json::from_str(&json) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "unexpected answer from a redis script");
+                None
+            }
+        }
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+}
+
+/// Milliseconds since the epoch, as the scripts take them.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A JSON list that Lua's cjson may have encoded as `{}` when empty.
+pub(crate) fn de_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(D::Error::custom))
+            .collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
+#[derive(Deserialize)]
+struct Reaped {
+    #[serde(default, deserialize_with = "de_list")]
+    users: Vec<String>,
+    #[serde(default, deserialize_with = "de_list")]
+    nodes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Names {
+    #[serde(default, deserialize_with = "de_list")]
+    list: Vec<String>,
+}
+
+/// Scale-out state and housekeeping of one instance.
+pub struct Cluster {
+    link: Arc<Link>,
+    driver: driver::PubSubDriver,
+    lease: Duration,
+    /// Whether this instance's state in Redis is re-asserted since Redis last came back.
+    synced: AtomicBool,
+}
+
+impl Cluster {
+    /// Prepares the connections (lazily: Redis may be down now and come later) and starts the
+    /// pub/sub driver; its tasks end with `stop`.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        node: &str,
+        lease: Duration,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("REALTIME_REDIS_URL: {e}"))?;
+        let client =
+            redis::Client::open(info).map_err(|e| anyhow::anyhow!("REALTIME_REDIS_URL: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        metrics.redis_up.set(0);
+        let link = Arc::new(Link {
+            client,
+            cmd,
+            up: AtomicBool::new(false),
+            prefix: prefix.to_string(),
+            node: node.to_string(),
+            metrics,
+        });
+        let driver = driver::PubSubDriver::start(link.clone(), stop);
+        Ok(Arc::new(Cluster {
+            link,
+            driver,
+            lease,
+            synced: AtomicBool::new(false),
+        }))
+    }
+
+    /// The adapter's driver (clones share everything).
+    pub fn driver(&self) -> driver::PubSubDriver {
+        self.driver.clone()
+    }
+
+    /// Whether both the command and the subscriber connections are up and this instance's
+    /// state is in Redis.
+    pub fn healthy(&self) -> bool {
+        self.link.up() && self.driver.connected() && self.synced.load(Ordering::Acquire)
+    }
+
+    /// The shared connection.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// Whether Redis answers.
+    pub fn up(&self) -> bool {
+        self.link.up()
+    }
+
+    /// Pings Redis until `stop`. Each time Redis comes back (and at the first successful
+    /// ping) `on_up` runs until it reports success: the instance re-asserts its state, and
+    /// only then does [`Cluster::healthy`] say so.
+    pub async fn monitor<F, Fut>(self: Arc<Self>, stop: CancellationToken, on_up: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut interval = tokio::time::interval(PING_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ever_up = false;
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let mut conn = self.link.cmd.clone();
+            let ping = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+            let ok = matches!(ping, Ok(Ok(_)));
+            let was = self.link.set_up(ok);
+            if ok && !was {
+                if ever_up {
+                    tracing::warn!("redis is back: re-asserting this instance's state");
+                    self.link.metrics.redis_reconnects.inc();
+                } else {
+                    tracing::info!("redis connected");
+                }
+                ever_up = true;
+                self.synced.store(false, Ordering::Release);
+            } else if !ok && was {
+                self.synced.store(false, Ordering::Release);
+                tracing::warn!("redis is unreachable: serving local clients only until it is back");
+            }
+            if ok && !self.synced.load(Ordering::Acquire) && on_up().await {
+                self.synced.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Marks this instance's state as lost in Redis (the monitor re-asserts it).
+    pub fn resync(&self) {
+        self.synced.store(false, Ordering::Release);
+    }
+
+    /// Renews this instance's lease: Some(true) when the lease was renewed, Some(false) when
+    /// it had gone (reaped, or Redis lost it: the state must be re-asserted), None when Redis
+    /// did not answer.
+    pub async fn renew_lease(&self) -> Option<bool> {
+        let until = now_ms() + self.lease.as_millis() as i64;
+        let key = self.link.key(&["nodes"]);
+        let node = self.link.node.clone();
+        let added = self
+            .link
+            .call(async |c| {
+                redis::cmd("ZADD")
+                    .arg(&key)
+                    .arg(until)
+                    .arg(&node)
+                    .query_async::<i64>(c)
+                    .await
+            })
+            .await?;
+        Some(added == 0)
+    }
+
+    /// Crash cleanup: forgets the sockets of instances whose lease expired (or of `force`,
+    /// this instance's previous run) and returns the users left with no socket anywhere (each
+    /// returned once, cluster-wide: the script runs atomically).
+    pub async fn reap(&self, force: Option<&str>) -> Option<Vec<String>> {
+        let now = now_ms().to_string();
+        let r: Reaped = self
+            .link
+            .script(&lua::REAP, &[&now, force.unwrap_or("")])
+            .await?;
+        if !r.nodes.is_empty() {
+            tracing::warn!(nodes = ?r.nodes, offline = r.users.len(), "reaped instances whose lease expired");
+        }
+        Some(r.users)
+    }
+
+    /// A socket of `user` on this instance joined `room`.
+    pub async fn room_joined(&self, user: &str, room: &str) {
+        let key = self.link.key(&["node", &self.link.node, "rooms"]);
+        let field = room_field(user, room);
+        self.link
+            .call(async |c| {
+                redis::cmd("HINCRBY")
+                    .arg(&key)
+                    .arg(&field)
+                    .arg(1)
+                    .query_async::<i64>(c)
+                    .await
+            })
+            .await;
+    }
+
+    /// A socket of `user` on this instance left `rooms` (leave or disconnect). Returns the rooms
+    /// where the user has no socket left on any other instance, or None when Redis did not
+    /// answer (the caller then decides from this instance alone).
+    pub async fn rooms_left(&self, user: &str, rooms: &[String]) -> Option<Vec<String>> {
+        if rooms.is_empty() {
+            return Some(Vec::new());
+        }
+        let now = now_ms().to_string();
+        let rooms_json = serde_json::to_string(rooms).ok()?;
+        let out: Names = self
+            .link
+            .script(
+                &lua::ROOMS_LEFT,
+                &[&self.link.node, &now, user, &rooms_json],
+            )
+            .await?;
+        Some(out.list)
+    }
+
+    /// Claims a `clientMessageId` for `sent` cluster-wide: None when this is the first send (or
+    /// Redis did not answer), the earlier result when another send already claimed it.
+    pub async fn claim_message(
+        &self,
+        user: &str,
+        client_id: &str,
+        sent: &Sent,
+        ttl: Duration,
+    ) -> Option<Sent> {
+        let key = self.link.key(&["dedupe", user, client_id]);
+        let value = serde_json::json!({"m": sent.message_id, "t": sent.timestamp}).to_string();
+        let ttl = ttl.as_millis().to_string();
+        let earlier: Option<String> = self
+            .link
+            .call(async |c| {
+                lua::CLAIM
+                    .key(&key)
+                    .arg(&value)
+                    .arg(&ttl)
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        let v: serde_json::Value = serde_json::from_str(&earlier?).ok()?;
+        Some(Sent {
+            message_id: v["m"].as_str()?.to_string(),
+            timestamp: v["t"].as_str()?.to_string(),
+        })
+    }
+
+    /// Counts a new connection from `ip` in this minute's window; false past `per_minute`
+    /// across the cluster. True when Redis did not answer (the local limiter still applies).
+    pub async fn ip_allowed(&self, ip: IpAddr, per_minute: u32) -> bool {
+        let minute = now_ms() / 60_000;
+        let key = self.link.key(&["ip", &ip.to_string(), &minute.to_string()]);
+        let count: Option<i64> = self
+            .link
+            .call(async |c| {
+                redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg(&key)
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(120_000)
+                    .ignore()
+                    .query_async::<(i64,)>(c)
+                    .await
+                    .map(|(n,)| n)
+            })
+            .await;
+        count.is_none_or(|n| n <= i64::from(per_minute))
+    }
+
+    /// Removes this instance from the cluster at a clean stop: its users with no socket
+    /// elsewhere are returned (already offline in Redis).
+    pub async fn leave(&self) -> Option<Vec<String>> {
+        self.reap(Some(&self.link.node.clone())).await
+    }
+}
+
+/// The field of a (user, room) socket count.
+pub(crate) fn room_field(user: &str, room: &str) -> String {
+    format!("{room}\u{1f}{user}")
+}

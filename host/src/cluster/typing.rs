@@ -1,0 +1,223 @@
+//! Typing indicators shared through Redis: one hash per (room, thread), one sorted set of
+//! expiries. The expiry script removes each entry once, so one instance (whichever janitor gets
+//! there first) sends its `typing:event`.
+//!
+//! A local [`MemoryTyping`] mirrors the entries this instance's sockets set: it knows what a
+//! disconnecting socket owns and serves every call while Redis is down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+
+use super::{Link, de_list, lua, now_ms};
+use crate::typing::{MemoryTyping, TypingKey, TypingTracker, TypingUpdate};
+
+#[derive(Deserialize)]
+struct Typer {
+    u: String,
+    t: i64,
+}
+
+#[derive(Deserialize)]
+struct Typers {
+    #[serde(default, deserialize_with = "de_list")]
+    list: Vec<Typer>,
+}
+
+#[derive(Deserialize)]
+struct Removed {
+    r: String,
+    h: String,
+    u: String,
+    #[serde(default, deserialize_with = "de_list")]
+    list: Vec<Typer>,
+}
+
+#[derive(Deserialize)]
+struct RemovedList {
+    #[serde(default, deserialize_with = "de_list")]
+    list: Vec<Removed>,
+}
+
+fn users(list: Vec<Typer>) -> Vec<(String, DateTime<Utc>)> {
+    list.into_iter()
+        .map(|t| {
+            let at = Utc
+                .timestamp_millis_opt(t.t)
+                .single()
+                .unwrap_or_else(Utc::now);
+            (t.u, at)
+        })
+        .collect()
+}
+
+fn thread_arg(key: &TypingKey) -> &str {
+    key.thread.as_deref().unwrap_or("")
+}
+
+fn key_of(room: String, thread: String) -> TypingKey {
+    TypingKey {
+        room,
+        thread: (!thread.is_empty()).then_some(thread),
+    }
+}
+
+impl Removed {
+    fn update(self) -> TypingUpdate {
+        TypingUpdate {
+            key: key_of(self.r, self.h),
+            users: users(self.list),
+            user_id: self.u,
+        }
+    }
+}
+
+/// An entry a local socket set: (room, thread or "", user).
+type Owned = (String, String, String);
+/// The entries of each local socket.
+type OwnedBySocket = HashMap<String, HashSet<Owned>>;
+
+/// Cluster-wide typing state.
+pub struct RedisTyping {
+    link: Arc<Link>,
+    local: MemoryTyping,
+    /// The entries each local socket set: (room, thread, user).
+    owned: Mutex<OwnedBySocket>,
+}
+
+impl RedisTyping {
+    /// Over the shared connection.
+    pub fn new(link: Arc<Link>) -> RedisTyping {
+        RedisTyping {
+            link,
+            local: MemoryTyping::default(),
+            owned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn owned(&self) -> std::sync::MutexGuard<'_, OwnedBySocket> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl TypingTracker for RedisTyping {
+    async fn start(
+        &self,
+        key: TypingKey,
+        user_id: &str,
+        socket_id: &str,
+        ttl: chrono::Duration,
+    ) -> TypingUpdate {
+        let local = self.local.start(key.clone(), user_id, socket_id, ttl).await;
+        self.owned()
+            .entry(socket_id.to_string())
+            .or_default()
+            .insert((
+                key.room.clone(),
+                thread_arg(&key).to_string(),
+                user_id.to_string(),
+            ));
+        let now = now_ms().to_string();
+        let ttl = ttl.num_milliseconds().max(1).to_string();
+        match self
+            .link
+            .script::<Typers>(
+                &lua::TYPING_START,
+                &[&key.room, thread_arg(&key), user_id, socket_id, &now, &ttl],
+            )
+            .await
+        {
+            Some(t) => TypingUpdate {
+                key,
+                users: users(t.list),
+                user_id: user_id.to_string(),
+            },
+            None => local,
+        }
+    }
+
+    async fn stop(&self, key: TypingKey, user_id: &str) -> TypingUpdate {
+        let local = self.local.stop(key.clone(), user_id).await;
+        let entry = (
+            key.room.clone(),
+            thread_arg(&key).to_string(),
+            user_id.to_string(),
+        );
+        for owned in self.owned().values_mut() {
+            owned.remove(&entry);
+        }
+        let now = now_ms().to_string();
+        match self
+            .link
+            .script::<Typers>(
+                &lua::TYPING_STOP,
+                &[&key.room, thread_arg(&key), user_id, &now],
+            )
+            .await
+        {
+            Some(t) => TypingUpdate {
+                key,
+                users: users(t.list),
+                user_id: user_id.to_string(),
+            },
+            None => local,
+        }
+    }
+
+    async fn clear_socket(&self, socket_id: &str) -> Vec<TypingUpdate> {
+        let local = self.local.clear_socket(socket_id).await;
+        let owned: Vec<Owned> = self
+            .owned()
+            .remove(socket_id)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
+        if owned.is_empty() {
+            return local;
+        }
+        let Ok(entries) = serde_json::to_string(&owned) else {
+            return local;
+        };
+        let now = now_ms().to_string();
+        match self
+            .link
+            .script::<RemovedList>(&lua::TYPING_CLEAR, &[socket_id, &now, &entries])
+            .await
+        {
+            Some(r) => r.list.into_iter().map(Removed::update).collect(),
+            None => local,
+        }
+    }
+
+    async fn expire(&self, now: DateTime<Utc>) -> Vec<TypingUpdate> {
+        let local = self.local.expire(now).await;
+        let now = now.timestamp_millis().to_string();
+        match self
+            .link
+            .script::<RemovedList>(&lua::TYPING_EXPIRE, &[&now])
+            .await
+        {
+            Some(r) => {
+                let updates: Vec<TypingUpdate> = r.list.into_iter().map(Removed::update).collect();
+                if !updates.is_empty() {
+                    let mut owned = self.owned();
+                    for u in &updates {
+                        let entry = (
+                            u.key.room.clone(),
+                            thread_arg(&u.key).to_string(),
+                            u.user_id.clone(),
+                        );
+                        for set in owned.values_mut() {
+                            set.remove(&entry);
+                        }
+                    }
+                }
+                updates
+            }
+            None => local,
+        }
+    }
+}

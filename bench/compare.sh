@@ -15,6 +15,8 @@
 #                policy modules (built with scripts/build-plugins when missing)
 #   multi        two instances of each + Redis (REDIS_URL, default redis://127.0.0.1:6379),
 #                fan-out --find-max with the clients spread over both instances
+#   scale        nself-realtime only: fan-out --find-max on one instance vs two instances +
+#                Redis (room members split across the two)
 #
 # Every run starts a fresh server (SQLite in a scratch directory for nself-realtime, embedded
 # defaults otherwise) and prints one line per run; at the end a table per scenario with the
@@ -190,13 +192,13 @@ run_one() {
       printf 'config = %s\n' "'{\"limit\": 1000000000, \"windowMs\": 1000}'" \
         >"$scratch/policy-plugins/rate-limiter.toml"
       start_rust "$port" "$scratch/policy-plugins" ;;
-    rust:multi)
+    rust:multi | rust:scale-two)
       start_rust "$port" "$scratch/no-plugins" "$REDIS_URL"
       local first=$server_pid
       start_rust $((port + 1)) "$scratch/no-plugins" "$REDIS_URL"
       pidsargs=(--server-pid "$first" --url "http://127.0.0.1:$((port + 1))")
-      if curl -fs "http://127.0.0.1:$port/health" | grep -q '"redis":"not-supported"'; then
-        echo "   note: this nself-realtime build has no Redis fan-out (/health: redis not-supported): cross-instance deliveries will be missing" >&2
+      if ! curl -fs "http://127.0.0.1:$port/health" | grep -q '"redis":"ok"'; then
+        echo "   note: /health does not report redis ok yet: cross-instance deliveries may be missing" >&2
       fi ;;
     node:multi)
       start_node "$port" "$REDIS_URL"
@@ -214,13 +216,14 @@ run_one() {
         --hold "$HOLD" --source-ips "$SOURCE_IPS" ;;
     fanout | fanout-fixed)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
-    fanout-max | policy-none | policy-examples | multi)
+    fanout-max | policy-none | policy-examples | multi | scale-one | scale-two)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "$RATE" --find-max \
         --step-factor "$STEP_FACTOR" ;;
     typing | presence | join)
       bench "$out" "$scenario" "${common[@]}" "${fanout_args[@]}" --rate "$STORM_RATE" ;;
   esac
-  if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ]; then
+  if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ] ||
+    [ "$side:$scenario" = rust:scale-two ]; then
     stop_server "$((server_pid))"
     stop_server "$first"
   else
@@ -274,7 +277,7 @@ def load(scen, side):
         if os.path.exists(p) and os.path.getsize(p) > 0:
             out.append(json.load(open(p)))
     return out
-side_b = "rust" if b.startswith("policy") else "node"
+side_b = "rust" if b.startswith(("policy", "scale")) else "node"
 ra, rb = load(a, "rust"), load(b, side_b)
 def figures(r):
     if "checkpoints" in r:
@@ -323,6 +326,8 @@ mb, kb = median(rb) if rb else ({}, [])
 names = ("nself (examples)", "nself (none)") if b.startswith("policy") else ("nself-realtime", "Node.js")
 if a == "policy-examples":
     names = ("with modules", "no modules")
+if a == "scale-two":
+    names = ("two instances + Redis", "one instance")
 print(f"\n### {label} (median of {len(ra)}/{len(rb)} runs)\n")
 print(f"| figure | {names[0]} | {names[1]} | ratio |")
 print("|---|---:|---:|---:|")
@@ -360,6 +365,12 @@ for scenario in "${scenarios[@]}"; do
       done
       table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
     multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" ;;
+    scale)
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one scale-one rust "$round"
+        run_one scale-two rust "$round"
+      done
+      table "scale: two nself-realtime instances + Redis vs one (members split across instances)" scale-two scale-one ;;
     *) die "unknown scenario $scenario" ;;
   esac
 done

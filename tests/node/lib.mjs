@@ -48,9 +48,9 @@ export function userToken(userId, extra = {}) {
   return sign({ userId, sessionId: `sess-${userId}`, iat: now, exp: now + 3600, ...extra });
 }
 
-/** A socket that never reconnects, tracked so a failure closes it. */
-export function connect(opts = {}) {
-  const socket = io(SERVER_URL, { reconnection: false, forceNew: true, timeout: 5000, ...opts });
+/** A socket that never reconnects, tracked so a failure closes it (`url`: another server). */
+export function connect({ url = SERVER_URL, ...opts } = {}) {
+  const socket = io(url, { reconnection: false, forceNew: true, timeout: 5000, ...opts });
   sockets.add(socket);
   return socket;
 }

@@ -11,6 +11,10 @@ fn node_dir() -> PathBuf {
 }
 
 async fn run_script(host: &TestHost, script: &str) {
+    run_script_with(host, script, &[]).await
+}
+
+async fn run_script_with(host: &TestHost, script: &str, env: &[(&str, String)]) {
     let dir = node_dir();
     assert!(
         dir.join("node_modules").join("socket.io-client").is_dir(),
@@ -22,6 +26,7 @@ async fn run_script(host: &TestHost, script: &str) {
         .env("SERVER_URL", host.url())
         .env("JWT_SECRET", TEST_SECRET)
         .env("SCRIPT_TIMEOUT_MS", "30000")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -59,4 +64,27 @@ async fn connect_error_messages_with_the_official_client() {
 async fn polling_websocket_and_upgrade_with_the_official_client() {
     let host = TestHost::start(&[]).await;
     run_script(&host, "transports.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_over_redis_with_the_official_client() {
+    let redis = nself_realtime_tests::redis::SharedRedis::new("js");
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/cluster.db", db.path().display());
+    let vars = [
+        ("REALTIME_REDIS_URL", redis.url.as_str()),
+        ("REALTIME_REDIS_PREFIX", redis.prefix.as_str()),
+        ("DATABASE_URL", url.as_str()),
+    ];
+    let one = TestHost::start(&vars).await;
+    let two = TestHost::start(&vars).await;
+    for h in [&one, &two] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while h.http_request("/health", &[]).await.json()["checks"]["redis"] != "ok" {
+            assert!(std::time::Instant::now() < deadline, "redis never ok");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    run_script_with(&one, "cluster.mjs", &[("SERVER_URL_2", two.url())]).await;
+    redis.cleanup().await;
 }

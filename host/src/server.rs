@@ -174,7 +174,7 @@ pub async fn run(
     let cluster_task = cluster.clone().map(|c| {
         let (app, stop) = (app.clone(), tasks_stop.clone());
         tokio::spawn(async move {
-            let on_up = || cluster_up(&app);
+            let on_up = || cluster_up(app.clone());
             c.monitor(stop, on_up).await
         })
     });
@@ -434,33 +434,41 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
 /// Redis answers again (or for the first time): this instance's live sockets are written
 /// again (they may have been reaped, or the shared state lost with a Redis restart), and the
 /// users whose cluster-wide presence changed by it are announced.
-async fn cluster_up(app: &App) -> bool {
+async fn cluster_up(app: Arc<App>) -> bool {
     let rooms = app.fanout.local_room_sockets();
     let Some(changed) = app.presence.reassert(&rooms).await else {
         return false;
     };
-    if !changed.online.is_empty() || !changed.offline.is_empty() {
-        tracing::info!(
-            online = changed.online.len(),
-            offline = changed.offline.len(),
-            "presence re-asserted in redis"
-        );
+    if changed.online.is_empty() && changed.offline.is_empty() {
+        return true;
     }
+    tracing::info!(
+        online = changed.online.len(),
+        offline = changed.offline.len(),
+        "presence re-asserted in redis"
+    );
     if !app.config.enable_presence {
         return true;
     }
-    for state in changed.online {
-        pipeline::broadcast_presence_changed(app, &state).await;
-    }
-    for user_id in changed.offline {
-        let state = PresenceState {
-            user_id,
-            status: Status::Offline,
-            custom: None,
-            connections: 0,
-        };
-        pipeline::broadcast_presence_changed(app, &state).await;
-    }
+    // The other instances may still be resubscribing after the same outage: announce once
+    // they listen (bounded), or their clients would miss it.
+    tokio::spawn(async move {
+        if let Some(c) = &app.cluster {
+            c.wait_peers_listening(Duration::from_secs(5)).await;
+        }
+        for state in changed.online {
+            pipeline::broadcast_presence_changed(&app, &state).await;
+        }
+        for user_id in changed.offline {
+            let state = PresenceState {
+                user_id,
+                status: Status::Offline,
+                custom: None,
+                connections: 0,
+            };
+            pipeline::broadcast_presence_changed(&app, &state).await;
+        }
+    });
     true
 }
 

@@ -421,6 +421,66 @@ async fn redis_shutdown_and_restart() {
     c.stop().await;
 }
 
+/// Presence that changed while Redis was gone (and lost its data) reaches the other
+/// instances' clients once it is back: a user whose last socket closed during the outage is
+/// announced offline, one who came during it online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changed_during_an_outage_is_announced_after_it() {
+    let mut c = Cluster::start(2).await;
+    let mut obs = c.hosts[1].client("observer").await;
+    let eve = c.hosts[0].client("eve").await;
+    obs.next_event_where("presence:changed", ms(3000), presence_of("eve", "online"))
+        .await
+        .expect("eve online before the outage");
+
+    c.redis.shutdown().await;
+    for h in &c.hosts {
+        wait_health(h, "degraded", "down", ms(5000)).await;
+    }
+    eve.close().await;
+    let _fred = c.hosts[0].client("fred").await;
+    // Neither change can reach instance 1 now.
+    obs.expect_none_where("presence:changed", ms(500), |v: &Value| {
+        v["userId"] == "eve" || v["userId"] == "fred"
+    })
+    .await;
+
+    c.redis.restart().await;
+    let up_at = Instant::now();
+    let offline = obs
+        .next_event_where(
+            "presence:changed",
+            ms(10_000),
+            presence_of("eve", "offline"),
+        )
+        .await
+        .expect("eve announced offline to instance 1 after the outage");
+    eprintln!(
+        "eve offline announced {:?} after the restart",
+        up_at.elapsed()
+    );
+    assert_eq!(offline["customStatus"], Value::Null, "{offline}");
+    let online = obs
+        .next_event_where(
+            "presence:changed",
+            ms(10_000),
+            presence_of("fred", "online"),
+        )
+        .await
+        .expect("fred announced online to instance 1 after the outage");
+    eprintln!(
+        "fred online announced {:?} after the restart",
+        up_at.elapsed()
+    );
+    assert_eq!(online["status"], "online", "{online}");
+    // Once each.
+    obs.expect_none_where("presence:changed", ms(1000), |v: &Value| {
+        v["userId"] == "eve" || (v["userId"] == "fred" && v["status"] == "online")
+    })
+    .await;
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused() {
     paused("ALL").await;

@@ -220,8 +220,10 @@ return cjson.encode({ nodes = dead, users = gone })
     )
 });
 
-/// ARGV: P, node, now, lease end, users JSON {user: n}, rooms JSON {field: n}. Replaces what
-/// Redis holds for `node` with its live state; returns who came online and who went offline.
+/// ARGV: P, node, now, lease end, users JSON {user: n}, rooms JSON {field: n}, gone JSON
+/// [user]. Replaces what Redis holds for `node` with its live state; returns who came online
+/// and who went offline (`gone`: users whose last socket here closed while Redis was
+/// unreachable, checked even when Redis lost what it held).
 pub static REASSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -246,8 +248,17 @@ end
 for f, n in pairs(rooms) do redis.call('HSET', rk, f, n) end
 redis.call('ZADD', P .. ':nodes', lease_end, node)
 local gone = {}
+local seen = {}
 for u, _ in pairs(old) do
+  seen[u] = true
   if not users[u] and total(u, '', now) == 0 then
+    offline(u, now)
+    table.insert(gone, u)
+  end
+end
+for _, u in ipairs(cjson.decode(ARGV[7])) do
+  if not seen[u] and not users[u] and total(u, '', now) == 0 then
+    seen[u] = true
     offline(u, now)
     table.insert(gone, u)
   end

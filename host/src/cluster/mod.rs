@@ -273,6 +273,43 @@ impl Cluster {
         }
     }
 
+    /// Waits until as many subscribers listen on the cluster's broadcast channel as there are
+    /// live instances (each one subscribes it), at most `max`: what is broadcast next then
+    /// reaches every instance that is back.
+    pub async fn wait_peers_listening(&self, max: Duration) {
+        let deadline = std::time::Instant::now() + max;
+        let channel = adapter_request_channel(&self.link.prefix);
+        let nodes = self.link.key(&["nodes"]);
+        loop {
+            let since = format!("({}", now_ms());
+            let counts: Option<(i64, (String, i64))> = self
+                .link
+                .call(async |c| {
+                    redis::pipe()
+                        .cmd("ZCOUNT")
+                        .arg(&nodes)
+                        .arg(&since)
+                        .arg("+inf")
+                        .cmd("PUBSUB")
+                        .arg("NUMSUB")
+                        .arg(&channel)
+                        .query_async(c)
+                        .await
+                })
+                .await;
+            if let Some((live, (_, listening))) = counts
+                && listening >= live
+            {
+                return;
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::debug!("not every instance listens again; announcing anyway");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Marks this instance's state as lost in Redis (the monitor re-asserts it).
     pub fn resync(&self) {
         self.synced.store(false, Ordering::Release);
@@ -408,6 +445,17 @@ impl Cluster {
     pub async fn leave(&self) -> Option<Vec<String>> {
         self.reap(Some(&self.link.node.clone())).await
     }
+}
+
+/// The Socket.IO adapter's channel prefix under the cluster prefix.
+pub fn adapter_prefix(prefix: &str) -> String {
+    format!("{prefix}:sio")
+}
+
+/// The adapter's broadcast request channel of the `/` namespace (every instance subscribes it;
+/// socketioxide-redis names it `<adapter prefix>-request#<namespace>#`).
+fn adapter_request_channel(prefix: &str) -> String {
+    format!("{}-request#/#", adapter_prefix(prefix))
 }
 
 /// The field of a (user, room) socket count.

@@ -75,6 +75,9 @@ pub struct RedisPresence {
     /// is then exactly what the scripts have counted.
     gate: tokio::sync::RwLock<()>,
     lease: Duration,
+    /// Users whose last socket here closed while Redis did not answer: checked (and announced
+    /// offline cluster-wide) at the next re-assertion, even if Redis lost its data meanwhile.
+    gone_offline: Mutex<std::collections::HashSet<String>>,
 }
 
 impl RedisPresence {
@@ -88,11 +91,16 @@ impl RedisPresence {
             touch_every: away.map(|a| (a / 4).min(Duration::from_secs(1))),
             gate: tokio::sync::RwLock::new(()),
             lease,
+            gone_offline: Mutex::new(Default::default()),
         }
     }
 
     fn touched(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.touched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gone_offline(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.gone_offline.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -114,7 +122,10 @@ impl PresenceManager for RedisPresence {
         {
             Some(c) if c.changed => c.state.map(Wire::state),
             Some(_) => None,
-            None => local,
+            None => {
+                self.gone_offline().remove(user_id);
+                local
+            }
         }
     }
 
@@ -138,7 +149,12 @@ impl PresenceManager for RedisPresence {
                 connections: 0,
             }),
             Some(_) => None,
-            None => local,
+            None => {
+                if local.is_some() {
+                    self.gone_offline().insert(user_id.to_string());
+                }
+                local
+            }
         }
     }
 
@@ -250,6 +266,8 @@ impl PresenceManager for RedisPresence {
             .map(|((u, r), n)| (super::room_field(u, r), *n))
             .collect();
         let rooms_json = serde_json::to_string(&rooms_flat).ok()?;
+        let gone: Vec<String> = self.gone_offline().iter().cloned().collect();
+        let gone_json = serde_json::to_string(&gone).ok()?;
         #[derive(Deserialize)]
         struct Out {
             #[serde(default, deserialize_with = "de_list")]
@@ -262,9 +280,22 @@ impl PresenceManager for RedisPresence {
             .link
             .script(
                 &lua::REASSERT,
-                &[&node, &now.to_string(), &until, &users_json, &rooms_json],
+                &[
+                    &node,
+                    &now.to_string(),
+                    &until,
+                    &users_json,
+                    &rooms_json,
+                    &gone_json,
+                ],
             )
             .await?;
+        {
+            let mut pending = self.gone_offline();
+            for u in &gone {
+                pending.remove(u);
+            }
+        }
         Some(Reasserted {
             online: out.online.into_iter().map(Wire::state).collect(),
             offline: out.offline,

@@ -75,7 +75,7 @@ impl Sio {
             }
             Some(c) => {
                 let adapter_config = RedisAdapterConfig::new()
-                    .with_prefix(format!("{}:sio", config.redis_prefix))
+                    .with_prefix(crate::cluster::adapter_prefix(&config.redis_prefix))
                     .with_stream_buffer(8192)
                     .with_request_timeout(Duration::from_secs(2));
                 let ctr = RedisAdapterCtr::new_with_driver(c.driver(), adapter_config);

@@ -184,7 +184,8 @@ pub async fn run(
         .layer(axum::middleware::from_fn_with_state(
             config.clone(),
             transport::origin_guard,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(transport::detach_request_head));
     let addr = listener.local_addr()?;
     let http_stop = CancellationToken::new();
     let listener = transport::GuardedListener::new(listener, config.write_timeout);

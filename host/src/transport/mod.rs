@@ -186,3 +186,29 @@ pub async fn origin_guard(
     }
     next.run(req).await
 }
+
+/// Copies the head of a request that opens an Engine.IO session (no `sid` yet) out of the
+/// connection's read buffer.
+///
+/// hyper parses the URI and header values as slices of the connection's read buffer (16 KiB
+/// here), and engineioxide keeps the handshake's request head for the life of the session: each
+/// live socket then pinned a whole read buffer (measured with DHAT: 16 KiB of the ~38 KiB per
+/// idle websocket connection). Owned copies cost the size of the head.
+pub async fn detach_request_head(req: Request, next: Next) -> Response {
+    let opens_session = req.uri().path().starts_with("/socket.io")
+        && !req.uri().query().is_some_and(|q| q.contains("sid="));
+    if !opens_session {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        headers.append(name.clone(), owned);
+    }
+    parts.headers = headers;
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    next.run(Request::from_parts(parts, body)).await
+}

@@ -30,6 +30,10 @@ use crate::cluster::driver::PubSubDriver;
 use crate::config::Config;
 use crate::fanout::{Fanout, SocketIoFanout};
 
+/// Read chunk of a websocket connection, allocated per socket for its whole life. Client
+/// events are small; a larger frame is read in several chunks.
+const WS_READ_BUFFER: usize = 1024;
+
 /// The engine configured from [`Config`] (every limit set explicitly).
 pub fn builder(config: &Config) -> SocketIoBuilder {
     let max = config.max_payload_bytes;
@@ -44,6 +48,7 @@ pub fn builder(config: &Config) -> SocketIoBuilder {
         .max_payload(max)
         .ws_max_message_size(max as usize)
         .ws_max_frame_size(max as usize)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .max_buffer_size(config.send_buffer)
         .connect_timeout(config.connect_timeout)
         .upgrade_timeout(config.connect_timeout)

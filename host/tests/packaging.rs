@@ -578,6 +578,18 @@ fn scripts_pass_shellcheck() {
     for e in std::fs::read_dir(dir.join("actions")).unwrap() {
         scripts.push(e.unwrap().path());
     }
+    // The project's own scripts too.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for s in [
+        "scripts/test",
+        "scripts/build-plugins",
+        "scripts/cluster-demo",
+        "bench/compare.sh",
+        "bench/pg-audit.sh",
+        ".ci/run",
+    ] {
+        scripts.push(root.join(s));
+    }
     for s in &scripts {
         let out = Command::new("bash").arg("-n").arg(s).output().unwrap();
         assert!(

@@ -671,10 +671,35 @@ mod tests {
             ("REALTIME_PRESENCE_SCOPE", "world"),
             ("REALTIME_LOG_ROTATION", "weekly"),
             ("REALTIME_LOG_MAX_FILES", "0"),
+            ("REALTIME_REDIS_URL", "http://cache:6379"),
+            ("REALTIME_REDIS_URL", "redis://host:notaport"),
+            ("REALTIME_REDIS_PREFIX", "has space"),
         ] {
             let err = cfg(&[(var, val)]).unwrap_err().to_string();
             assert!(err.contains(var), "{err} should name {var}");
         }
+    }
+
+    #[test]
+    fn redis_url_forms_and_no_password_in_errors() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://:secret@cache:6380/2",
+            "redis://user:secret@cache",
+            "rediss://cache.example.com:6380",
+        ] {
+            let c = cfg(&[("REALTIME_REDIS_URL", url)]).unwrap();
+            assert_eq!(c.redis_url.as_deref(), Some(url));
+        }
+        assert_eq!(cfg(&[]).unwrap().redis_prefix, "nself-realtime");
+        let err = cfg(&[("REALTIME_REDIS_URL", "redis://:hunter2@host:bad")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REALTIME_REDIS_URL"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the password must not be echoed: {err}"
+        );
     }
 
     #[test]

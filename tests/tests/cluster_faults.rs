@@ -481,6 +481,62 @@ async fn presence_changed_during_an_outage_is_announced_after_it() {
     c.stop().await;
 }
 
+/// Redis is down when the instances start: they start anyway (serving their own clients,
+/// health degraded), and form the cluster by themselves once Redis comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_start_while_redis_is_down() {
+    let mut redis = PrivateRedis::start().await;
+    redis.shutdown().await;
+    let url = redis.url();
+    let db = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}/cluster.db", db.path().display());
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let node = format!("cold-{i}");
+        hosts.push(
+            TestHost::start(&[
+                ("REALTIME_REDIS_URL", &url),
+                ("REALTIME_REDIS_PREFIX", "cold"),
+                ("REALTIME_NODE_ID", &node),
+                ("DATABASE_URL", &db_url),
+            ])
+            .await,
+        );
+    }
+    for h in &hosts {
+        wait_health(h, "degraded", "down", ms(5000)).await;
+    }
+    // Local service works without Redis.
+    let mut a1 = hosts[0].joined("alice", "general").await;
+    let mut a2 = hosts[0].joined("amy", "general").await;
+    let mut b = hosts[1].joined("bob", "general").await;
+    let ack = a1.send_message("general", "local-only").await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+    a2.next_event_where("message:new", ms(3000), content_starts("local-only"))
+        .await
+        .expect("same-instance delivery without Redis");
+
+    redis.restart().await;
+    let up_at = Instant::now();
+    for h in &hosts {
+        wait_health(h, "healthy", "ok", ms(10_000)).await;
+    }
+    let (took, probes) = until_crosses(&mut a1, &mut b, "joined-", RESUME_WITHIN)
+        .await
+        .expect("cross-instance delivery once Redis is up");
+    eprintln!(
+        "redis up {:?} after the restart: A->B after {took:?} ({probes} probes)",
+        up_at.elapsed()
+    );
+    Cluster {
+        hosts,
+        redis,
+        _db: db,
+    }
+    .stop()
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused() {
     paused("ALL").await;

@@ -367,16 +367,16 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
                 redis_ok_since = None;
             }
             if redis_ok_since.is_some_and(|t| t.elapsed() >= lease / 2)
-                && let Some(users) = c.reap(None).await
+                && let Some(gone) = c.reap(None).await
             {
-                for user_id in users {
+                for g in gone {
                     let state = PresenceState {
-                        user_id,
+                        user_id: g.user_id,
                         status: Status::Offline,
                         custom: None,
                         connections: 0,
                     };
-                    pipeline::announce_presence(&app, &state).await;
+                    pipeline::announce_presence_in(&app, &state, g.rooms).await;
                 }
             }
         }

@@ -671,6 +671,7 @@ async fn spawn_node(
     lease: &str,
     dir: &std::path::Path,
     http: &reqwest::Client,
+    extra: &[(&str, &str)],
 ) -> Proc {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -679,24 +680,28 @@ async fn spawn_node(
         .to_string();
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let mut vars: Vec<(&str, &str)> = extra.to_vec();
     let child = spawn_server(
-        &[
-            ("DATABASE_URL", db_url),
-            ("REALTIME_HOST", "127.0.0.1"),
-            ("REALTIME_PORT", &port),
-            ("REALTIME_JWT_SECRET", TEST_SECRET),
-            ("REALTIME_RATE_LIMIT", "0"),
-            ("REALTIME_NODE_LEASE_MS", lease),
-            ("REALTIME_NODE_ID", node),
-            ("REALTIME_REDIS_URL", redis_url),
-            ("REALTIME_REDIS_PREFIX", "faults"),
-            (
-                "REALTIME_PLUGINS_DIR",
-                plugins.to_str().expect("utf-8 path"),
-            ),
-            ("REALTIME_PLUGIN_CACHE_DIR", "off"),
-            ("LOG_LEVEL", "warn"),
-        ],
+        &{
+            vars.extend_from_slice(&[
+                ("DATABASE_URL", db_url),
+                ("REALTIME_HOST", "127.0.0.1"),
+                ("REALTIME_PORT", &port),
+                ("REALTIME_JWT_SECRET", TEST_SECRET),
+                ("REALTIME_RATE_LIMIT", "0"),
+                ("REALTIME_NODE_LEASE_MS", lease),
+                ("REALTIME_NODE_ID", node),
+                ("REALTIME_REDIS_URL", redis_url),
+                ("REALTIME_REDIS_PREFIX", "faults"),
+                (
+                    "REALTIME_PLUGINS_DIR",
+                    plugins.to_str().expect("utf-8 path"),
+                ),
+                ("REALTIME_PLUGIN_CACHE_DIR", "off"),
+                ("LOG_LEVEL", "warn"),
+            ]);
+            vars
+        },
         dir,
     );
     let mut p = Proc {
@@ -747,9 +752,36 @@ async fn sigkill_one_of_three() {
     let lease = LEASE_MS.to_string();
     let http = reqwest::Client::builder().no_proxy().build().expect("http");
     // One at a time: the first one creates the database.
-    let node_a = spawn_node("kill-a", &redis.url(), &db_url, &lease, dir.path(), &http).await;
-    let node_b = spawn_node("kill-b", &redis.url(), &db_url, &lease, dir.path(), &http).await;
-    let mut node_c = spawn_node("kill-c", &redis.url(), &db_url, &lease, dir.path(), &http).await;
+    let node_a = spawn_node(
+        "kill-a",
+        &redis.url(),
+        &db_url,
+        &lease,
+        dir.path(),
+        &http,
+        &[],
+    )
+    .await;
+    let node_b = spawn_node(
+        "kill-b",
+        &redis.url(),
+        &db_url,
+        &lease,
+        dir.path(),
+        &http,
+        &[],
+    )
+    .await;
+    let mut node_c = spawn_node(
+        "kill-c",
+        &redis.url(),
+        &db_url,
+        &lease,
+        dir.path(),
+        &http,
+        &[],
+    )
+    .await;
 
     let mut obs = connect(&node_b, "observer").await;
     join(&mut obs).await;
@@ -829,4 +861,57 @@ async fn sigkill_one_of_three() {
         assert_eq!(live.ok(), Some(200), "node {name} live");
     }
     drop(redis);
+}
+
+/// With `REALTIME_PRESENCE_SCOPE=rooms`, the crash cleanup tells the rooms the dead instance's
+/// users were in (the reaping instance has no socket of theirs to ask).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_presence_scope_rooms() {
+    const LEASE_MS: u64 = 2000;
+    let redis = PrivateRedis::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}/cluster.db", dir.path().display());
+    let lease = LEASE_MS.to_string();
+    let http = reqwest::Client::builder().no_proxy().build().expect("http");
+    let scope = [("REALTIME_PRESENCE_SCOPE", "rooms")];
+    let node_a = spawn_node(
+        "room-a",
+        &redis.url(),
+        &db_url,
+        &lease,
+        dir.path(),
+        &http,
+        &scope,
+    )
+    .await;
+    let mut node_b = spawn_node(
+        "room-b",
+        &redis.url(),
+        &db_url,
+        &lease,
+        dir.path(),
+        &http,
+        &scope,
+    )
+    .await;
+    let mut obs = connect(&node_a, "observer").await;
+    join(&mut obs).await;
+    let mut roomy = connect(&node_b, "roomy").await;
+    join(&mut roomy).await;
+    obs.next_event_where("user:joined", ms(3000), |v: &Value| v["userId"] == "roomy")
+        .await
+        .expect("roomy joined, seen across instances");
+    obs.clear_events();
+
+    node_b.child.kill().expect("SIGKILL node B");
+    let _ = node_b.child.wait();
+    let killed = Instant::now();
+    let limit = ms(LEASE_MS + 3000);
+    obs.next_event_where("presence:changed", limit, presence_of("roomy", "offline"))
+        .await
+        .unwrap_or_else(|| panic!("roomy offline (scope rooms) within {limit:?} of the kill"));
+    eprintln!(
+        "SIGKILL, scope rooms: roomy offline {:?} after the kill",
+        killed.elapsed()
+    );
 }

@@ -190,8 +190,9 @@ return cjson.encode({ changed = false })
     )
 });
 
-/// ARGV: P, now, force. Instances whose lease ended (or `force`) are removed; returns them and
-/// their users left with no socket on a live instance.
+/// ARGV: P, now, force. Instances whose lease ended (or `force`) are removed; returns them,
+/// their users left with no socket on a live instance, and the rooms those users were in there
+/// (for `REALTIME_PRESENCE_SCOPE=rooms`).
 pub static REAP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -203,19 +204,27 @@ else
   dead = redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', now, 'LIMIT', 0, 100)
 end
 local gone = {}
+local rooms = {}
 for _, node in ipairs(dead) do
   local hk = P .. ':node:' .. node .. ':users'
+  local rk = P .. ':node:' .. node .. ':rooms'
   local users = redis.call('HKEYS', hk)
-  redis.call('DEL', hk, P .. ':node:' .. node .. ':rooms')
+  local fields = redis.call('HKEYS', rk)
+  redis.call('DEL', hk, rk)
   redis.call('ZREM', P .. ':nodes', node)
   for _, u in ipairs(users) do
     if total(u, '', now) == 0 then
       offline(u, now)
       table.insert(gone, u)
+      rooms[u] = {}
     end
   end
+  for _, f in ipairs(fields) do
+    local room, u = string.match(f, '^(.-)\31(.*)$')
+    if room and rooms[u] then table.insert(rooms[u], room) end
+  end
 end
-return cjson.encode({ nodes = dead, users = gone })
+return cjson.encode({ nodes = dead, users = gone, rooms = rooms })
 "#,
     )
 });

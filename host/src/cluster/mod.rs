@@ -151,6 +151,18 @@ struct Reaped {
     users: Vec<String>,
     #[serde(default, deserialize_with = "de_list")]
     nodes: Vec<String>,
+    /// user -> rooms (an empty list may come as `{}`).
+    #[serde(default)]
+    rooms: serde_json::Value,
+}
+
+/// A user a crash cleanup took offline, with the rooms they were in on the dead instance.
+#[derive(Debug, Clone)]
+pub struct Gone {
+    /// The user.
+    pub user_id: String,
+    /// Rooms of their sockets on the dead instance.
+    pub rooms: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -339,16 +351,31 @@ impl Cluster {
     /// Crash cleanup: forgets the sockets of instances whose lease expired (or of `force`,
     /// this instance's previous run) and returns the users left with no socket anywhere (each
     /// returned once, cluster-wide: the script runs atomically).
-    pub async fn reap(&self, force: Option<&str>) -> Option<Vec<String>> {
+    pub async fn reap(&self, force: Option<&str>) -> Option<Vec<Gone>> {
         let now = now_ms().to_string();
         let r: Reaped = self
             .link
             .script(&lua::REAP, &[&now, force.unwrap_or("")])
             .await?;
-        if !r.nodes.is_empty() {
+        if !r.nodes.is_empty() && force.is_none() {
             tracing::warn!(nodes = ?r.nodes, offline = r.users.len(), "reaped instances whose lease expired");
         }
-        Some(r.users)
+        let gone = r
+            .users
+            .into_iter()
+            .map(|user_id| {
+                let rooms = r.rooms[user_id.as_str()]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Gone { user_id, rooms }
+            })
+            .collect();
+        Some(gone)
     }
 
     /// A socket of `user` on this instance joined `room`.
@@ -442,7 +469,7 @@ impl Cluster {
 
     /// Removes this instance from the cluster at a clean stop: its users with no socket
     /// elsewhere are returned (already offline in Redis).
-    pub async fn leave(&self) -> Option<Vec<String>> {
+    pub async fn leave(&self) -> Option<Vec<Gone>> {
         self.reap(Some(&self.link.node.clone())).await
     }
 }

@@ -43,6 +43,16 @@ pub async fn announce_presence(app: &App, state: &crate::presence::PresenceState
     handlers::broadcast_presence(app, state, Vec::new()).await;
 }
 
+/// [`announce_presence`] for a user whose sockets were in `rooms` (with
+/// `REALTIME_PRESENCE_SCOPE=rooms` they are who is told).
+pub async fn announce_presence_in(
+    app: &App,
+    state: &crate::presence::PresenceState,
+    rooms: Vec<String>,
+) {
+    handlers::broadcast_presence(app, state, rooms).await;
+}
+
 pub use payload::EventKind;
 
 use crate::app::App;

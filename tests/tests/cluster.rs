@@ -311,5 +311,13 @@ async fn health_and_metrics_report_redis() {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(published >= 1.0, "broadcasts were published: {prom}");
+    let json = c.hosts[0].http_request("/metrics", &[]).await.json();
+    assert_eq!(json["redis"]["enabled"], true, "{json}");
+    assert_eq!(json["redis"]["up"], true, "{json}");
+    assert!(
+        json["redis"]["published"].as_u64().unwrap_or(0) >= 1,
+        "{json}"
+    );
+    assert_eq!(json["redis"]["dropped"]["out"], 0, "{json}");
     c.stop().await;
 }

@@ -101,6 +101,7 @@ pub async fn metrics(
         },
         "memory": { "used": used, "total": total, "percentage": percentage },
         "cpu": { "usage": cpu().sample() },
+        "redis": redis_json(&app),
     }))
     .into_response()
 }
@@ -114,4 +115,21 @@ pub async fn plugins(State(app): State<Arc<App>>) -> Response {
         .map(|e| e.status())
         .unwrap_or_default();
     Json(json!({ "enabled": app.extensions.is_some(), "plugins": list })).into_response()
+}
+
+/// The scale-out figures of the JSON form (an addition to the original's shape).
+fn redis_json(app: &App) -> serde_json::Value {
+    let m = &app.metrics;
+    let dropped = |direction| {
+        m.redis_dropped
+            .get_or_create(&crate::metrics::DirectionLabel { direction })
+            .get()
+    };
+    json!({
+        "enabled": app.cluster.is_some(),
+        "up": app.cluster.as_ref().is_some_and(|c| c.healthy()),
+        "published": m.redis_published.get(),
+        "dropped": { "out": dropped("out"), "in": dropped("in") },
+        "reconnects": m.redis_reconnects.get(),
+    })
 }

@@ -321,3 +321,31 @@ async fn health_and_metrics_report_redis() {
     assert_eq!(json["redis"]["dropped"]["out"], 0, "{json}");
     c.stop().await;
 }
+
+#[test]
+fn init_checks_redis_and_only_warns_when_it_is_down() {
+    use nself_realtime_tests::process::cli;
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/init.db", db.path().display());
+    let redis = nself_realtime_tests::redis::shared_url();
+    let out = cli(
+        &[("DATABASE_URL", &url), ("REALTIME_REDIS_URL", &redis)],
+        &["init", "--json"],
+    );
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["redis"], "ok", "{v}");
+    // Nothing listens on port 1: init still succeeds (servers start degraded) and says so.
+    let out = cli(
+        &[
+            ("DATABASE_URL", &url),
+            ("REALTIME_REDIS_URL", "redis://127.0.0.1:1"),
+        ],
+        &["init", "--json"],
+    );
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["redis"], "unreachable", "{v}");
+    assert_eq!(v["success"], true, "{v}");
+    let out = cli(&[("DATABASE_URL", &url)], &["init", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["redis"], "disabled", "{v}");
+}

@@ -51,6 +51,25 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
         | Command::Status { .. }
         | Command::Uninstall { .. } => {}
         Command::Init { json } => {
+            // Scaled out: Redis is checked too (a server starts without it, degraded, so an
+            // unreachable Redis is a warning here, not a failure).
+            let redis = match &config.redis_url {
+                None => "disabled",
+                Some(url) => {
+                    if !json {
+                        outln!("Checking Redis...");
+                    }
+                    if crate::cluster::ping(url).await {
+                        "ok"
+                    } else {
+                        eprintln!(
+                            "Warning: Redis at REALTIME_REDIS_URL does not answer; servers will \
+                             run degraded (local delivery only) until it does"
+                        );
+                        "unreachable"
+                    }
+                }
+            };
             if !json {
                 outln!("Creating default rooms...");
             }
@@ -70,6 +89,7 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
                     "defaultRooms": crate::server::DEFAULT_ROOMS,
                     "removedRows": removed,
                     "usersSetOffline": offline.len(),
+                    "redis": redis,
                 }));
             } else {
                 outln!("✓ Initialization complete");

@@ -474,6 +474,21 @@ impl Cluster {
     }
 }
 
+/// Whether Redis at `url` answers `PING` within 3 s (for `init`).
+pub async fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let attempt = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), attempt).await,
+        Ok(Ok(_))
+    )
+}
+
 /// The Socket.IO adapter's channel prefix under the cluster prefix.
 pub fn adapter_prefix(prefix: &str) -> String {
     format!("{prefix}:sio")

@@ -349,3 +349,70 @@ fn init_checks_redis_and_only_warns_when_it_is_down() {
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["redis"], "disabled", "{v}");
 }
+
+/// Production shape: two instances on one PostgreSQL database and one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgresql_and_redis() {
+    let db = nself_realtime_tests::pg::FreshDb::create().await;
+    let redis = SharedRedis::new("pg");
+    let vars = |node: &'static str| {
+        vec![
+            ("REALTIME_REDIS_URL", redis.url.clone()),
+            ("REALTIME_REDIS_PREFIX", redis.prefix.clone()),
+            ("REALTIME_NODE_ID", node.to_string()),
+            ("DATABASE_URL", db.url.clone()),
+        ]
+    };
+    let mut hosts = Vec::new();
+    for node in ["pg-a", "pg-b"] {
+        let v = vars(node);
+        let v: Vec<(&str, &str)> = v.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        hosts.push(TestHost::start(&v).await);
+    }
+    for h in &hosts {
+        let deadline = std::time::Instant::now() + ms(10_000);
+        while h.http_request("/health", &[]).await.json()["status"] != "healthy" {
+            assert!(std::time::Instant::now() < deadline, "never healthy");
+            tokio::time::sleep(ms(50)).await;
+        }
+    }
+    // A room created through instance A's database is joinable on B.
+    hosts[0]
+        .create_room(
+            "pg-shared",
+            nself_realtime_tests::RoomType::Channel,
+            nself_realtime_tests::Visibility::Public,
+            None,
+        )
+        .await;
+    let mut obs = hosts[0].joined("observer", "pg-shared").await;
+    let mut writer = hosts[1].joined("writer", "pg-shared").await;
+    obs.next_event_where("user:joined", ms(3000), of("writer"))
+        .await
+        .expect("join seen across instances");
+    let ack = writer
+        .send_message("pg-shared", "via postgres and redis")
+        .await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+    let m = obs
+        .next_event("message:new", ms(3000))
+        .await
+        .expect("message across instances");
+    assert_eq!(m["content"], "via postgres and redis", "{m}");
+    // Presence is announced once (Redis decides; the database reaper only closes rows).
+    obs.clear_events();
+    writer.close().await;
+    let off = obs
+        .next_event_where("presence:changed", ms(3000), |v: &Value| {
+            v["userId"] == "writer" && v["status"] == "offline"
+        })
+        .await
+        .expect("writer offline");
+    assert_eq!(off["status"], "offline");
+    obs.expect_none_where("presence:changed", ms(800), of("writer"))
+        .await;
+    for h in &mut hosts {
+        let _ = h.shutdown().await;
+    }
+    redis.cleanup().await;
+}

@@ -39,14 +39,19 @@ enum Inbound<A: Adapter> {
 #[derive(Clone)]
 struct Gate(CancellationToken);
 
-/// An event handler that only queues the event for the link.
+/// The one event handler of a socket (socketioxide's fallback: a per-socket map of named
+/// handlers cost about 1 KiB per socket): it names the event and queues it for the link.
 struct Inbox<A: Adapter> {
-    kind: Option<EventKind>,
+    /// Events this server handles (typing and presence can be switched off).
+    known: &'static [EventKind],
     tx: mpsc::Sender<Box<Inbound<A>>>,
 }
 
 impl<A: Adapter> MessageHandler<A, ()> for Inbox<A> {
     fn call(&self, s: Arc<Socket<A>>, mut v: socketioxide_core::Value, ack_id: Option<i64>) {
+        let kind = socketioxide::extract::Event::from_message_parts(&s, &mut v, &ack_id)
+            .ok()
+            .and_then(|e| self.known.iter().copied().find(|k| k.name() == e.0));
         let payload = match TryData::<Value>::from_message_parts(&s, &mut v, &ack_id) {
             Ok(TryData(Ok(p))) => p,
             _ => Value::Null,
@@ -55,11 +60,7 @@ impl<A: Adapter> MessageHandler<A, ()> for Inbox<A> {
             Some(_) => AckSender::from_message_parts(&s, &mut v, &ack_id).ok(),
             None => None,
         };
-        let item = Box::new(Inbound::Event {
-            kind: self.kind,
-            payload,
-            ack,
-        });
+        let item = Box::new(Inbound::Event { kind, payload, ack });
         if let Err(mpsc::error::TrySendError::Full(item)) = self.tx.try_send(item)
             && let Inbound::Event { ack, .. } = *item
         {
@@ -80,24 +81,8 @@ impl<A: Adapter> MessageHandler<A, ()> for Inbox<A> {
 /// Registers the socket's handlers, joins its user room and spawns its link task.
 pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slot: Slot) {
     let (tx, rx) = mpsc::channel(INBOX);
-    for kind in EventKind::ALL {
-        let enabled = match kind {
-            EventKind::TypingStart | EventKind::TypingStop => app.config.enable_typing,
-            EventKind::PresenceUpdate => app.config.enable_presence,
-            _ => true,
-        };
-        if enabled {
-            s.on(
-                kind.name(),
-                Inbox {
-                    kind: Some(kind),
-                    tx: tx.clone(),
-                },
-            );
-        }
-    }
     s.on_fallback(Inbox {
-        kind: None,
+        known: known_events(&app.config),
         tx: tx.clone(),
     });
     s.on_disconnect(move |reason: DisconnectReason| {
@@ -114,6 +99,24 @@ pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slo
     let gate = CancellationToken::new();
     s.extensions.insert(Gate(gate.clone()));
     tokio::spawn(run(app, s.clone(), session, rx, gate, slot));
+}
+
+/// The events handled under `config` (one list per combination, built once).
+fn known_events(config: &crate::config::Config) -> &'static [EventKind] {
+    use std::sync::OnceLock;
+    static LISTS: [OnceLock<Vec<EventKind>>; 4] = [const { OnceLock::new() }; 4];
+    let (typing, presence) = (config.enable_typing, config.enable_presence);
+    let slot = usize::from(typing) * 2 + usize::from(presence);
+    LISTS[slot].get_or_init(|| {
+        EventKind::ALL
+            .into_iter()
+            .filter(|k| match k {
+                EventKind::TypingStart | EventKind::TypingStop => typing,
+                EventKind::PresenceUpdate => presence,
+                _ => true,
+            })
+            .collect()
+    })
 }
 
 /// Called by the connect handler: the connect reply is out, the link may start.

@@ -58,6 +58,32 @@ fn thread_arg(key: &TypingKey) -> &str {
     key.thread.as_deref().unwrap_or("")
 }
 
+/// The `owned` entry of `user` typing at `key`.
+fn entry(key: &TypingKey, user: &str) -> Owned {
+    (
+        key.room.clone(),
+        thread_arg(key).to_string(),
+        user.to_string(),
+    )
+}
+
+/// The update a script answered, or the local one when Redis did not answer.
+fn answered(
+    key: TypingKey,
+    user_id: &str,
+    answer: Option<Typers>,
+    local: TypingUpdate,
+) -> TypingUpdate {
+    match answer {
+        Some(t) => TypingUpdate {
+            key,
+            users: users(t.list),
+            user_id: user_id.to_string(),
+        },
+        None => local,
+    }
+}
+
 fn key_of(room: String, thread: String) -> TypingKey {
     TypingKey {
         room,
@@ -116,56 +142,34 @@ impl TypingTracker for RedisTyping {
         self.owned()
             .entry(socket_id.to_string())
             .or_default()
-            .insert((
-                key.room.clone(),
-                thread_arg(&key).to_string(),
-                user_id.to_string(),
-            ));
+            .insert(entry(&key, user_id));
         let now = now_ms().to_string();
         let ttl = ttl.num_milliseconds().max(1).to_string();
-        match self
+        let answer = self
             .link
             .script::<Typers>(
                 &lua::TYPING_START,
                 &[&key.room, thread_arg(&key), user_id, socket_id, &now, &ttl],
             )
-            .await
-        {
-            Some(t) => TypingUpdate {
-                key,
-                users: users(t.list),
-                user_id: user_id.to_string(),
-            },
-            None => local,
-        }
+            .await;
+        answered(key, user_id, answer, local)
     }
 
     async fn stop(&self, key: TypingKey, user_id: &str) -> TypingUpdate {
         let local = self.local.stop(key.clone(), user_id).await;
-        let entry = (
-            key.room.clone(),
-            thread_arg(&key).to_string(),
-            user_id.to_string(),
-        );
+        let gone = entry(&key, user_id);
         for owned in self.owned().values_mut() {
-            owned.remove(&entry);
+            owned.remove(&gone);
         }
         let now = now_ms().to_string();
-        match self
+        let answer = self
             .link
             .script::<Typers>(
                 &lua::TYPING_STOP,
                 &[&key.room, thread_arg(&key), user_id, &now],
             )
-            .await
-        {
-            Some(t) => TypingUpdate {
-                key,
-                users: users(t.list),
-                user_id: user_id.to_string(),
-            },
-            None => local,
-        }
+            .await;
+        answered(key, user_id, answer, local)
     }
 
     async fn clear_socket(&self, socket_id: &str) -> Vec<TypingUpdate> {
@@ -205,13 +209,9 @@ impl TypingTracker for RedisTyping {
                 if !updates.is_empty() {
                     let mut owned = self.owned();
                     for u in &updates {
-                        let entry = (
-                            u.key.room.clone(),
-                            thread_arg(&u.key).to_string(),
-                            u.user_id.clone(),
-                        );
+                        let gone = entry(&u.key, &u.user_id);
                         for set in owned.values_mut() {
-                            set.remove(&entry);
+                            set.remove(&gone);
                         }
                     }
                 }

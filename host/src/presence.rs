@@ -76,6 +76,16 @@ pub struct PresenceState {
 }
 
 impl PresenceState {
+    /// A user with no socket left anywhere (what disconnects and crash cleanups announce).
+    pub fn offline(user_id: String) -> PresenceState {
+        PresenceState {
+            user_id,
+            status: Status::Offline,
+            custom: None,
+            connections: 0,
+        }
+    }
+
     /// The `presence:changed` payload.
     pub fn event(&self) -> Value {
         json!({

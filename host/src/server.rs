@@ -21,8 +21,8 @@ use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::metrics::Metrics;
 use crate::pipeline;
+use crate::presence::PresenceState;
 use crate::presence::{MemoryPresence, PresenceManager};
-use crate::presence::{PresenceState, Status};
 use crate::store::cache::Directory;
 use crate::store::{NewRoom, Store, WriteOp, writer};
 use crate::typing::{MemoryTyping, TypingTracker};
@@ -370,12 +370,7 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
                 && let Some(gone) = c.reap(None).await
             {
                 for g in gone {
-                    let state = PresenceState {
-                        user_id: g.user_id,
-                        status: Status::Offline,
-                        custom: None,
-                        connections: 0,
-                    };
+                    let state = PresenceState::offline(g.user_id);
                     pipeline::announce_presence_in(&app, &state, g.rooms).await;
                 }
             }
@@ -414,12 +409,7 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
                             reassert_live_state(&app);
                             continue;
                         }
-                        let state = PresenceState {
-                            user_id,
-                            status: Status::Offline,
-                            custom: None,
-                            connections: 0,
-                        };
+                        let state = PresenceState::offline(user_id);
                         pipeline::announce_presence(&app, &state).await;
                     }
                 }
@@ -461,12 +451,7 @@ async fn cluster_up(app: Arc<App>) -> bool {
             pipeline::broadcast_presence_changed(&app, &state).await;
         }
         for user_id in changed.offline {
-            let state = PresenceState {
-                user_id,
-                status: Status::Offline,
-                custom: None,
-                connections: 0,
-            };
+            let state = PresenceState::offline(user_id);
             pipeline::broadcast_presence_changed(&app, &state).await;
         }
     });

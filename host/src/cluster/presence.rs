@@ -142,12 +142,7 @@ impl PresenceManager for RedisPresence {
             .script::<Changed>(&lua::DISCONNECT, &[&node, user_id, &now])
             .await
         {
-            Some(c) if c.changed => Some(PresenceState {
-                user_id: user_id.to_string(),
-                status: Status::Offline,
-                custom: None,
-                connections: 0,
-            }),
+            Some(c) if c.changed => Some(PresenceState::offline(user_id.to_string())),
             Some(_) => None,
             None => {
                 if local.is_some() {

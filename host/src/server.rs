@@ -399,18 +399,18 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
                 // only closes the dead nodes' rows.
                 Ok(_) if app.cluster.is_some() => {}
                 Ok(users) => {
-                    for user_id in users {
+                    for gone in users {
                         if app
                             .presence
-                            .state(&user_id)
+                            .state(&gone.user_id)
                             .is_some_and(|s| s.connections > 0)
                         {
                             // Our rows were taken for dead: put them back.
                             reassert_live_state(&app);
                             continue;
                         }
-                        let state = PresenceState::offline(user_id);
-                        pipeline::announce_presence(&app, &state).await;
+                        let state = PresenceState::offline(gone.user_id);
+                        pipeline::announce_presence_in(&app, &state, gone.rooms).await;
                     }
                 }
                 Err(e) => {

@@ -179,10 +179,13 @@ async fn database_outage_keeps_serving_and_loses_no_audit_row() {
     drop(pg);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_node_users_go_offline_within_the_lease() {
-    const LEASE_MS: u64 = 3000;
-    let db = FreshDb::create().await;
+/// A server in its own process (so that it can be killed with SIGKILL) on `db_url`: the child,
+/// its URL and the directory it runs in.
+async fn spawn_node(
+    db_url: &str,
+    lease_ms: &str,
+    extra: &[(&str, &str)],
+) -> (std::process::Child, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -192,34 +195,57 @@ async fn killed_node_users_go_offline_within_the_lease() {
         .to_string();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let lease = LEASE_MS.to_string();
-    let mut node_a = spawn_server(
-        &[
-            ("DATABASE_URL", &db.url),
-            ("REALTIME_HOST", "127.0.0.1"),
-            ("REALTIME_PORT", &port),
-            ("REALTIME_JWT_SECRET", TEST_SECRET),
-            ("REALTIME_RATE_LIMIT", "0"),
-            ("REALTIME_NODE_LEASE_MS", &lease),
-            ("REALTIME_PLUGINS_DIR", plugins.to_str().unwrap()),
-            ("REALTIME_PLUGIN_CACHE_DIR", "off"),
-            ("LOG_LEVEL", "warn"),
-        ],
-        dir.path(),
-    );
-    let url_a = format!("http://127.0.0.1:{port}");
+    let mut env = vec![
+        ("DATABASE_URL", db_url),
+        ("REALTIME_HOST", "127.0.0.1"),
+        ("REALTIME_PORT", &port),
+        ("REALTIME_JWT_SECRET", TEST_SECRET),
+        ("REALTIME_RATE_LIMIT", "0"),
+        ("REALTIME_NODE_LEASE_MS", lease_ms),
+        ("REALTIME_PLUGINS_DIR", plugins.to_str().unwrap()),
+        ("REALTIME_PLUGIN_CACHE_DIR", "off"),
+        ("LOG_LEVEL", "warn"),
+    ];
+    env.extend_from_slice(extra);
+    let mut child = spawn_server(&env, dir.path());
+    let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http
-        .get(format!("{url_a}/health/live"))
+        .get(format!("{url}/health/live"))
         .send()
         .await
         .is_ok_and(|r| r.status().is_success())
     {
-        assert!(Instant::now() < deadline, "node A did not start");
-        assert!(node_a.try_wait().unwrap().is_none(), "node A exited");
+        assert!(Instant::now() < deadline, "the server did not start");
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
         tokio::time::sleep(ms(100)).await;
     }
+    (child, url, dir)
+}
+
+/// Waits until `sql` (a COUNT) gives `want`.
+async fn wait_count(c: &mut PgConnection, sql: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *c).await.unwrap();
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: expected {want}, have {n}"
+        );
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_users_go_offline_within_the_lease() {
+    const LEASE_MS: u64 = 3000;
+    let db = FreshDb::create().await;
+    let lease = LEASE_MS.to_string();
+    let (mut node_a, url_a, _dir) = spawn_node(&db.url, &lease, &[]).await;
     let node_b = TestHost::start(&[
         ("DATABASE_URL", &db.url),
         ("REALTIME_NODE_LEASE_MS", &lease),
@@ -237,20 +263,12 @@ async fn killed_node_users_go_offline_within_the_lease() {
     // u3 also has a socket on node B: it must stay online.
     let _u3_on_b = node_b.client("u3").await;
     let mut c = db.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected'",
-        )
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
-        if n == 5 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "expected 5 live rows, have {n}");
-        tokio::time::sleep(ms(50)).await;
-    }
+    wait_count(
+        &mut c,
+        "SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected'",
+        5,
+    )
+    .await;
     observer.clear_events();
 
     node_a.kill().expect("SIGKILL node A");
@@ -300,5 +318,70 @@ async fn killed_node_users_go_offline_within_the_lease() {
             .await
             .unwrap();
     assert_eq!(live, 2, "only node B's two sockets stay connected");
+    drop(on_a);
+}
+
+/// With `REALTIME_PRESENCE_SCOPE=rooms` and no Redis, the node that cleans up after a crashed
+/// one has no socket of the dead node's users: it tells the rooms they are members of, and
+/// nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_users_are_announced_to_their_rooms_with_scope_rooms() {
+    const LEASE_MS: u64 = 2000;
+    let db = FreshDb::create().await;
+    let lease = LEASE_MS.to_string();
+    let scope = [("REALTIME_PRESENCE_SCOPE", "rooms")];
+    let (mut node_a, url_a, _dir) = spawn_node(&db.url, &lease, &scope).await;
+    let node_b = TestHost::start(&[
+        ("DATABASE_URL", &db.url),
+        ("REALTIME_NODE_LEASE_MS", &lease),
+        ("REALTIME_PRESENCE_SCOPE", "rooms"),
+    ])
+    .await;
+    for room in ["ops", "elsewhere"] {
+        node_b
+            .create_room(room, RoomType::Channel, Visibility::Public, None)
+            .await;
+    }
+    let mut observer = node_b.joined("observer", "ops").await;
+    let mut on_a = Vec::new();
+    for (user, room) in [("roomy", "ops"), ("stranger", "elsewhere")] {
+        let mut c = SioClient::connect(&url_a, Some(&user_token(user)))
+            .await
+            .expect("connect to node A");
+        ack_ok(
+            &c.emit_ack("room:join", json!({"roomName": room}), ms(5000))
+                .await,
+        );
+        on_a.push(c);
+    }
+    let mut c = db.connect().await;
+    wait_count(
+        &mut c,
+        "SELECT COUNT(*) FROM realtime_room_members WHERE user_id IN ('roomy', 'stranger')",
+        2,
+    )
+    .await;
+    observer.clear_events();
+
+    node_a.kill().expect("SIGKILL node A");
+    let _ = node_a.wait();
+    let killed = Instant::now();
+    let ev = observer
+        .next_event_where("presence:changed", ms(LEASE_MS * 2), |v| {
+            v["status"] == json!("offline")
+        })
+        .await
+        .expect("an offline presence:changed in room ops");
+    eprintln!(
+        "scope rooms, database only: {} offline {:?} after the kill",
+        ev["userId"],
+        killed.elapsed()
+    );
+    assert_eq!(ev["userId"], json!("roomy"), "{ev}");
+    observer
+        .expect_none_where("presence:changed", ms(1500), |v| {
+            v["userId"] == json!("stranger") || v["userId"] == json!("roomy")
+        })
+        .await;
     drop(on_a);
 }

@@ -319,3 +319,48 @@ async fn views_and_functions_after_a_session() {
             .unwrap();
     assert_eq!(connects, 2, "one audit row per connect");
 }
+
+/// Audit rows of a room deleted before the writer commits them are kept, with `room_id` NULL
+/// (what the foreign key's `ON DELETE SET NULL` does to older rows); the rows of live rooms in
+/// the same batch keep theirs; and a batch applied twice (a retry after an ambiguous commit)
+/// writes nothing twice.
+#[tokio::test]
+async fn audit_rows_of_a_deleted_room_are_kept_without_the_room() {
+    use nself_realtime::store::{NewRoom, WriteOp};
+    let db = FreshDb::create().await;
+    let store = Store::connect(&db.url).await.expect("store");
+    let live = store.create_room(&NewRoom::new("live")).await.unwrap();
+    let gone = store.create_room(&NewRoom::new("gone")).await.unwrap();
+    let mut c = db.connect().await;
+    sqlx::query("DELETE FROM realtime_rooms WHERE name = 'gone'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let event = |room_id: &str, n: u32| WriteOp::Event {
+        id: uuid::Uuid::now_v7(),
+        event_type: "message:send".into(),
+        socket_id: Some("s1".into()),
+        user_id: Some("alice".into()),
+        room_id: Some(room_id.to_string()),
+        payload: json!({"n": n}),
+        ip: Some("127.0.0.1".into()),
+        metadata: None,
+        at: chrono::Utc::now(),
+    };
+    let batch = vec![event(&live.id, 1), event(&gone.id, 2), event(&live.id, 3)];
+    store.apply(&batch).await.expect("the batch commits");
+    store.apply(&batch).await.expect("the same batch again");
+    let rows: Vec<(i32, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT (payload->>'n')::int, room_id FROM realtime_events \
+         WHERE event_type = 'message:send' ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let live_id: uuid::Uuid = live.id.parse().unwrap();
+    assert_eq!(
+        rows,
+        vec![(1, Some(live_id)), (2, None), (3, Some(live_id))],
+        "every row once, the deleted room's as NULL"
+    );
+}

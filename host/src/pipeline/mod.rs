@@ -38,13 +38,8 @@ pub fn persist_presence_state(app: &App, state: &crate::presence::PresenceState)
     handlers::persist_presence(app, state);
 }
 
-/// Broadcasts `presence:changed` for a change already in the database (crash cleanup).
-pub async fn announce_presence(app: &App, state: &crate::presence::PresenceState) {
-    handlers::broadcast_presence(app, state, Vec::new()).await;
-}
-
-/// [`announce_presence`] for a user whose sockets were in `rooms` (with
-/// `REALTIME_PRESENCE_SCOPE=rooms` they are who is told).
+/// Broadcasts `presence:changed` for a change already made (crash cleanup, recovery) of a user
+/// whose sockets were in `rooms` (with `REALTIME_PRESENCE_SCOPE=rooms` they are who is told).
 pub async fn announce_presence_in(
     app: &App,
     state: &crate::presence::PresenceState,

@@ -97,8 +97,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn end_node(&self, node_id: &str) -> Result<(), StoreError>;
     /// Crash cleanup, on one node at a time: marks the connections of nodes whose lease expired
     /// as disconnected and recomputes their users' presence. Returns the users that went
-    /// offline (no live connection left).
-    async fn reap_dead_nodes(&self) -> Result<Vec<String>, StoreError>;
+    /// offline (no live connection left), each with the rooms they are a member of (who is
+    /// told under `REALTIME_PRESENCE_SCOPE=rooms`).
+    async fn reap_dead_nodes(&self) -> Result<Vec<Offline>, StoreError>;
     /// Calls `on_change` for every change of rooms and memberships the database announces,
     /// until `stop`; returns at once when the backend has no such feed (SQLite).
     async fn watch(&self, on_change: &(dyn Fn(Change) + Send + Sync), stop: CancellationToken);

@@ -338,3 +338,12 @@ pub enum Change {
     /// Anything may have changed (the feed was lost and notifications may be missing).
     All,
 }
+
+/// A user whose last connection was on a node that died (crash cleanup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offline {
+    /// User id.
+    pub user_id: String,
+    /// Names of the rooms the user is a member of.
+    pub rooms: Vec<String>,
+}

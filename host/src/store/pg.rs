@@ -15,13 +15,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{Acquire, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Room, Stats, StoreError, WriteOp,
-    stats_from_rows,
+    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Offline, Room, Stats, StoreError,
+    WriteOp, stats_from_rows,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -178,35 +178,57 @@ struct EventColumns {
 }
 
 impl EventColumns {
+    /// Inserts the rows. The plain statement lets the foreign key check the room ids; when a
+    /// room went away since its event (the key refuses the batch), the batch is inserted again
+    /// with such room ids set to NULL, as `ON DELETE SET NULL` would have left them.
     async fn insert(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
         if self.id.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO realtime_events (id, event_type, socket_id, user_id, room_id, payload, \
-             ip_address, metadata, created_at) \
+        let mut attempt = tx.begin().await?;
+        match self.statement(false).execute(&mut *attempt).await {
+            Ok(_) => attempt.commit().await,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(FOREIGN_KEY_VIOLATION) => {
+                attempt.rollback().await?;
+                self.statement(true).execute(&mut **tx).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn statement(&self, check_rooms: bool) -> sqlx::query::Query<'_, Postgres, PgArguments> {
+        const PLAIN: &str = "INSERT INTO realtime_events (id, event_type, socket_id, user_id, \
+             room_id, payload, ip_address, metadata, created_at) \
+             SELECT e.id, e.event_type, e.socket_id, e.user_id, e.room_id, \
+             e.payload, e.ip::inet, e.metadata, e.created_at \
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
+             $6::jsonb[], $7::text[], $8::jsonb[], $9::timestamptz[]) \
+             AS e(id, event_type, socket_id, user_id, room_id, payload, ip, metadata, created_at) \
+             ON CONFLICT (id) DO NOTHING";
+        const CHECKED: &str = "INSERT INTO realtime_events (id, event_type, socket_id, user_id, \
+             room_id, payload, ip_address, metadata, created_at) \
              SELECT e.id, e.event_type, e.socket_id, e.user_id, \
              (SELECT r.id FROM realtime_rooms r WHERE r.id = e.room_id), \
              e.payload, e.ip::inet, e.metadata, e.created_at \
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
              $6::jsonb[], $7::text[], $8::jsonb[], $9::timestamptz[]) \
              AS e(id, event_type, socket_id, user_id, room_id, payload, ip, metadata, created_at) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(self.id)
-        .bind(self.event_type)
-        .bind(self.socket_id)
-        .bind(self.user_id)
-        .bind(self.room_id)
-        .bind(self.payload)
-        .bind(self.ip)
-        .bind(self.metadata)
-        .bind(self.at)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+             ON CONFLICT (id) DO NOTHING";
+        sqlx::query(if check_rooms { CHECKED } else { PLAIN })
+            .bind(&self.id)
+            .bind(&self.event_type)
+            .bind(&self.socket_id)
+            .bind(&self.user_id)
+            .bind(&self.room_id)
+            .bind(&self.payload)
+            .bind(&self.ip)
+            .bind(&self.metadata)
+            .bind(&self.at)
     }
 }
+
+/// SQLSTATE of a foreign key violation.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
 
 async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(), sqlx::Error> {
     match op {
@@ -686,7 +708,7 @@ impl Backend for PgBackend {
         Ok(())
     }
 
-    async fn reap_dead_nodes(&self) -> Result<Vec<String>, StoreError> {
+    async fn reap_dead_nodes(&self) -> Result<Vec<Offline>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(JANITOR_LOCK)
@@ -738,7 +760,24 @@ impl Backend for PgBackend {
         .into_iter()
         .flatten()
         .collect();
+        // The rooms each of them is a member of: who is told under presence scope `rooms`.
+        let rooms: Vec<(String, Vec<String>)> = sqlx::query_as(
+            "SELECT m.user_id, array_agg(r.name ORDER BY r.name) \
+             FROM realtime_room_members m JOIN realtime_rooms r ON r.id = m.room_id \
+             WHERE m.user_id = ANY($1) GROUP BY m.user_id",
+        )
+        .bind(&offline)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rooms: std::collections::HashMap<String, Vec<String>> = rooms.into_iter().collect();
         tx.commit().await?;
+        let offline: Vec<Offline> = offline
+            .into_iter()
+            .map(|user_id| Offline {
+                rooms: rooms.remove(&user_id).unwrap_or_default(),
+                user_id,
+            })
+            .collect();
         tracing::info!(
             nodes = dead.len(),
             users = users.len(),

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Room, Stats, StoreError, WriteOp,
-    parse_ts, stats_from_rows, ts,
+    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Offline, Room, Stats, StoreError,
+    WriteOp, parse_ts, stats_from_rows, ts,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -565,7 +565,7 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    async fn reap_dead_nodes(&self) -> Result<Vec<String>, StoreError> {
+    async fn reap_dead_nodes(&self) -> Result<Vec<Offline>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -13,6 +13,25 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
+/// Waits (10 s at most) until `sql`, a `COUNT`, gives `want`; `what` names it in the failure.
+pub async fn wait_count(c: &mut PgConnection, what: &str, sql: &str, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = sqlx::query_scalar(sql)
+            .fetch_one(&mut *c)
+            .await
+            .expect("count query");
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n}, expected {want} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Admin URL of the shared server (database `postgres`).
 pub fn admin_url() -> String {
     std::env::var("NSELF_TEST_PG")

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use nself_realtime_tests::pg::{FreshDb, PrivatePg};
+use nself_realtime_tests::pg::{FreshDb, PrivatePg, wait_count};
 use nself_realtime_tests::process::spawn_server;
 use nself_realtime_tests::{
     RoomType, SioClient, TEST_SECRET, TestHost, Visibility, ack_ok, ms, user_token,
@@ -224,22 +224,6 @@ async fn spawn_node(
     (child, url, dir)
 }
 
-/// Waits until `sql` (a COUNT) gives `want`.
-async fn wait_count(c: &mut PgConnection, sql: &str, want: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *c).await.unwrap();
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{sql}: expected {want}, have {n}"
-        );
-        tokio::time::sleep(ms(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_users_go_offline_within_the_lease() {
     const LEASE_MS: u64 = 3000;
@@ -265,6 +249,7 @@ async fn killed_node_users_go_offline_within_the_lease() {
     let mut c = db.connect().await;
     wait_count(
         &mut c,
+        "live connection rows",
         "SELECT COUNT(*) FROM realtime_connections WHERE status = 'connected'",
         5,
     )
@@ -357,6 +342,7 @@ async fn killed_node_users_are_announced_to_their_rooms_with_scope_rooms() {
     let mut c = db.connect().await;
     wait_count(
         &mut c,
+        "memberships written behind",
         "SELECT COUNT(*) FROM realtime_room_members WHERE user_id IN ('roomy', 'stranger')",
         2,
     )

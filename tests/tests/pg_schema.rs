@@ -2,10 +2,8 @@
 //! schema; after a scripted session of joins, messages, typing and presence every view and
 //! function of the original exists and returns sane rows.
 
-use std::time::{Duration, Instant};
-
 use nself_realtime::store::Store;
-use nself_realtime_tests::pg::FreshDb;
+use nself_realtime_tests::pg::{FreshDb, wait_count};
 use nself_realtime_tests::{RoomType, TestHost, Visibility, ack_ok, ms};
 use serde_json::json;
 use sqlx::Row;
@@ -139,21 +137,6 @@ async fn migrations_apply_over_the_original_schema() {
     assert!(again.is_err(), "a second NULL-thread row must be refused");
 }
 
-async fn wait_for(c: &mut PgConnection, what: &str, sql: &str, want: i64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *c).await.unwrap();
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n}, expected {want} within 10 s"
-        );
-        tokio::time::sleep(ms(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn views_and_functions_after_a_session() {
     let db = FreshDb::create().await;
@@ -183,14 +166,14 @@ async fn views_and_functions_after_a_session() {
         .expect("alice's typing");
 
     let mut c = db.connect().await;
-    wait_for(
+    wait_count(
         &mut c,
         "typing rows",
         "SELECT COUNT(*) FROM realtime_typing",
         2,
     )
     .await;
-    wait_for(
+    wait_count(
         &mut c,
         "busy presence",
         "SELECT COUNT(*) FROM realtime_presence WHERE status = 'busy'",

@@ -197,23 +197,27 @@ impl EventColumns {
     }
 
     fn statement(&self, check_rooms: bool) -> sqlx::query::Query<'_, Postgres, PgArguments> {
-        const PLAIN: &str = "INSERT INTO realtime_events (id, event_type, socket_id, user_id, \
-             room_id, payload, ip_address, metadata, created_at) \
-             SELECT e.id, e.event_type, e.socket_id, e.user_id, e.room_id, \
-             e.payload, e.ip::inet, e.metadata, e.created_at \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
-             $6::jsonb[], $7::text[], $8::jsonb[], $9::timestamptz[]) \
-             AS e(id, event_type, socket_id, user_id, room_id, payload, ip, metadata, created_at) \
-             ON CONFLICT (id) DO NOTHING";
-        const CHECKED: &str = "INSERT INTO realtime_events (id, event_type, socket_id, user_id, \
-             room_id, payload, ip_address, metadata, created_at) \
-             SELECT e.id, e.event_type, e.socket_id, e.user_id, \
-             (SELECT r.id FROM realtime_rooms r WHERE r.id = e.room_id), \
-             e.payload, e.ip::inet, e.metadata, e.created_at \
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
-             $6::jsonb[], $7::text[], $8::jsonb[], $9::timestamptz[]) \
-             AS e(id, event_type, socket_id, user_id, room_id, payload, ip, metadata, created_at) \
-             ON CONFLICT (id) DO NOTHING";
+        // One statement, two ways to take the room id: as given (the foreign key checks it)
+        // or looked up (NULL for a room that is gone). Compile-time text only.
+        macro_rules! insert_events {
+            ($room_id:literal) => {
+                concat!(
+                    "INSERT INTO realtime_events (id, event_type, socket_id, user_id, room_id, \
+                     payload, ip_address, metadata, created_at) \
+                     SELECT e.id, e.event_type, e.socket_id, e.user_id, ",
+                    $room_id,
+                    ", e.payload, e.ip::inet, e.metadata, e.created_at \
+                     FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], \
+                     $6::jsonb[], $7::text[], $8::jsonb[], $9::timestamptz[]) \
+                     AS e(id, event_type, socket_id, user_id, room_id, payload, ip, metadata, \
+                     created_at) \
+                     ON CONFLICT (id) DO NOTHING"
+                )
+            };
+        }
+        const PLAIN: &str = insert_events!("e.room_id");
+        const CHECKED: &str =
+            insert_events!("(SELECT r.id FROM realtime_rooms r WHERE r.id = e.room_id)");
         sqlx::query(if check_rooms { CHECKED } else { PLAIN })
             .bind(&self.id)
             .bind(&self.event_type)

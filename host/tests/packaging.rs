@@ -586,6 +586,7 @@ fn scripts_pass_shellcheck() {
         "scripts/cluster-demo",
         "bench/compare.sh",
         "bench/pg-audit.sh",
+        "bench/cpu-split.sh",
         ".ci/run",
     ] {
         scripts.push(root.join(s));

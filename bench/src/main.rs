@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use nself_realtime_bench::connections::{self, ConnOpts};
 use nself_realtime_bench::load::{self, Kind, LoadOpts};
+use nself_realtime_bench::storm::{self, StormOpts};
 
 #[derive(Parser)]
 #[command(name = "realtime-bench", version, about)]
@@ -30,6 +31,13 @@ enum Command {
     Presence(LoadOpts),
     /// Join churn: `room:leave` / `room:join` (ack RTT, `user:joined`/`user:left` received).
     Join(LoadOpts),
+    /// Join storm: N clients connect at once, each joining a room right after its connect
+    /// answer (time until all joined, connect and join-ack latency, failures by code).
+    Storm(StormOpts),
+    /// Reconnect herd: a storm, then (once `--ready-file` exists the driver kills and restarts
+    /// the server) every client reconnects with the JS client's backoff and rejoins (time
+    /// until all are back, failures).
+    Herd(StormOpts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +59,8 @@ fn main() -> anyhow::Result<()> {
             Command::Typing(o) => load::main(Kind::Typing, o, cli.json).await,
             Command::Presence(o) => load::main(Kind::Presence, o, cli.json).await,
             Command::Join(o) => load::main(Kind::Join, o, cli.json).await,
+            Command::Storm(o) => storm::storm(o, cli.json).await,
+            Command::Herd(o) => storm::herd(o, cli.json).await,
         }
     })
 }

@@ -27,6 +27,9 @@ pub mod code {
     pub const POLICY_REJECTED: &str = "POLICY_REJECTED";
     /// The connection's token expired.
     pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
+    /// The server cannot answer now (its database did not answer in time); retry after
+    /// `details.retryAfterMs`.
+    pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     /// Anything else (details in the server log).
     pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
 }
@@ -77,6 +80,12 @@ impl EventError {
     /// `ROOM_NOT_FOUND` with the original's message.
     pub fn room_not_found() -> EventError {
         EventError::new(code::ROOM_NOT_FOUND, "Room not found")
+    }
+
+    /// `SERVICE_UNAVAILABLE` with `details.retryAfterMs`: nothing was changed, try again.
+    pub fn unavailable(message: &'static str, retry_after_ms: u64) -> EventError {
+        EventError::new(code::SERVICE_UNAVAILABLE, message)
+            .with_details(json!({ "retryAfterMs": retry_after_ms }))
     }
 
     /// `INTERNAL_ERROR`; the cause is logged here and not sent.

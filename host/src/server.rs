@@ -28,6 +28,9 @@ use crate::store::{NewRoom, Store, WriteOp, writer};
 use crate::typing::{MemoryTyping, TypingTracker};
 use crate::{http, transport};
 
+/// Longest an event waits for the directory to read a room or a user's memberships.
+const DIRECTORY_WAIT: Duration = Duration::from_secs(3);
+
 /// Rooms `init` and the first `serve` create.
 pub const DEFAULT_ROOMS: [&str; 2] = ["general", "announcements"];
 
@@ -78,13 +81,25 @@ pub async fn run(
     }
     let directory = Directory::new(
         store.clone(),
+        &node_id,
+        DIRECTORY_WAIT,
         config.cache_ttl.unwrap_or(if strict {
             Duration::from_secs(2)
         } else {
             Duration::from_secs(30)
         }),
-        Duration::from_millis(500),
     );
+    // Rooms and member counts in memory before the first client arrives (a herd after a
+    // restart then finds them); without the database now, they are read once it answers.
+    match tokio::time::timeout(Duration::from_secs(5), directory.load()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "rooms not read at start: read when the database answers")
+        }
+        Err(_) => {
+            tracing::warn!("rooms not read within 5 s at start: read when the database answers")
+        }
+    }
 
     let metrics = Arc::new(Metrics::new());
     let writer_stop = CancellationToken::new();
@@ -93,6 +108,7 @@ pub async fn run(
         config.batch_size,
         config.write_queue,
         metrics.clone(),
+        Some(directory.clone()),
         writer_stop.clone(),
     );
     let cluster_stop = CancellationToken::new();
@@ -163,13 +179,7 @@ pub async fn run(
     let tasks_stop = CancellationToken::new();
     let janitor = tokio::spawn(janitor(app.clone(), tasks_stop.clone()));
     let leases = tokio::spawn(lease_keeper(app.clone(), tasks_stop.clone()));
-    let feed = {
-        let (dir, stop) = (directory.clone(), tasks_stop.clone());
-        tokio::spawn(async move {
-            let on_change = |c| dir.apply(c);
-            dir.store().watch(&on_change, stop).await;
-        })
-    };
+    let feed = tokio::spawn(directory.clone().run(tasks_stop.clone()));
     let watcher = extensions.as_ref().map(|e| e.watch(tasks_stop.clone()));
     let cluster_task = cluster.clone().map(|c| {
         let (app, stop) = (app.clone(), tasks_stop.clone());

@@ -13,6 +13,7 @@
 //! - [`process`]: the `nself-realtime` binary as a separate process (CLI, SIGKILL tests).
 //! - [`redis`]: a unique key prefix on the shared Redis, or a private `redis-server` that a
 //!   test may shut down, restart, pause and whose connections it may kill.
+//! - [`storm`]: join storms (thousands of clients connecting and joining at once).
 //! - [`time`]: wall-clock helpers (epoch milliseconds, ISO 8601) without a date crate.
 //!
 //! The feature tests live in `tests/tests/*.rs`, one file per feature; the official JS client
@@ -23,6 +24,7 @@ pub mod host;
 pub mod pg;
 pub mod process;
 pub mod redis;
+pub mod storm;
 pub mod time;
 pub mod token;
 

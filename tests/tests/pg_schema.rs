@@ -347,3 +347,81 @@ async fn audit_rows_of_a_deleted_room_are_kept_without_the_room() {
         "every row once, the deleted room's as NULL"
     );
 }
+
+/// The directory's bulk count reads one snapshot and reports it: a change committed before
+/// the read is included, one committed after is not; the feed announces memberships with
+/// their row, origin and transaction.
+#[tokio::test]
+async fn bulk_member_counts_carry_their_snapshot() {
+    use nself_realtime::store::{Change, MemberOp, NewRoom, Position};
+    let db = FreshDb::create().await;
+    let store = Store::connect(&db.url).await.expect("store");
+    store
+        .create_room(&NewRoom::new("counted"))
+        .await
+        .expect("room");
+    store
+        .add_member("counted", "a", "member", true, false)
+        .await
+        .expect("a");
+    let (counts, before) = store.member_counts().await.expect("counts");
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!((counts[0].members, counts[0].sanctioned), (1, 1));
+    // A change after the read is announced with a transaction the snapshot does not include.
+    let changes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let feed = {
+        let (store, changes, stop) = (store.clone(), changes.clone(), stop.clone());
+        tokio::spawn(async move {
+            let on_change = move |c: Change| changes.lock().expect("lock").push(c);
+            store.watch(&on_change, stop).await;
+        })
+    };
+    tokio::time::sleep(ms(300)).await;
+    store
+        .add_member("counted", "b", "admin", false, false)
+        .await
+        .expect("b");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let change = loop {
+        let found = changes
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|c| matches!(c, Change::Member { user_id, .. } if user_id == "b"))
+            .cloned();
+        if let Some(c) = found {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification for b"
+        );
+        tokio::time::sleep(ms(50)).await;
+    };
+    stop.cancel();
+    let _ = feed.await;
+    let Change::Member {
+        op,
+        member,
+        origin,
+        position,
+        ..
+    } = change
+    else {
+        unreachable!()
+    };
+    assert_eq!(op, MemberOp::Insert);
+    assert_eq!(member.map(|m| m.role), Some("admin".to_string()));
+    assert_eq!(origin, None, "a CLI change has no origin");
+    assert!(matches!(position, Position::Tx(_)), "{position:?}");
+    assert!(
+        !before.includes(position),
+        "a later change is not in the earlier read"
+    );
+    let (_, after) = store.member_counts().await.expect("counts again");
+    assert!(
+        after.includes(position),
+        "a committed change is in a later read"
+    );
+}

@@ -12,6 +12,7 @@ use crate::error::{EventError, code};
 use crate::presence::{PresenceState, Status};
 use crate::rooms;
 use crate::store::WriteOp;
+use crate::store::cache::JoinError;
 use crate::typing::TypingKey;
 use crate::util::{iso, now_ms};
 
@@ -91,6 +92,14 @@ pub(super) async fn dispatch(
     }
 }
 
+/// How long a client is told to wait before retrying an event the server could not answer.
+const RETRY_AFTER_MS: u64 = 1000;
+
+/// The directory could not answer (the database did not, in time): nothing changed.
+fn directory_unavailable() -> EventError {
+    EventError::unavailable("Rooms cannot be read right now; try again", RETRY_AFTER_MS)
+}
+
 async fn join(
     app: &App,
     session: &mut Session,
@@ -100,51 +109,72 @@ async fn join(
     if app.fanout.is_socket_id(&name) {
         return Err(EventError::validation("roomName", "cannot be a socket id"));
     }
-    let fail = |e: &dyn std::fmt::Display| EventError::internal("Failed to join room", e);
     let dir = &app.directory;
+    // Both from memory in the common case: the room table is read in bulk at start and the
+    // user's memberships when the user connected.
     let room = dir
         .room(&name)
         .await
-        .map_err(|e| fail(&e))?
+        .map_err(|_| directory_unavailable())?
         .filter(|r| r.is_active)
         .ok_or_else(EventError::room_not_found)?;
-    let member = match session.user_id() {
-        Some(u) => dir.member(&room.id, u).await.map_err(|e| fail(&e))?,
-        None => None,
+    let identity = &session.identity;
+    let check = |member: Option<&crate::store::Member>, count| {
+        rooms::check_join(&room, member, identity, count)
     };
-    let count = dir.member_count(&room.id).await.map_err(|e| fail(&e))?;
-    rooms::check_join(&room, member.as_deref(), &session.identity, count)?;
-    let (member_count, member) = match session.user_id() {
-        Some(u) => match dir.join(&room.id, u).await {
-            Ok(joined) => joined,
-            Err(e) => {
-                // The database did not take the membership now: serve the join from what is
-                // cached and write the membership behind.
-                tracing::debug!(error = %e, "join written behind");
-                app.writer.write(WriteOp::MemberJoin {
-                    room_id: room.id.clone(),
-                    user_id: u.to_string(),
-                    at: Utc::now(),
-                });
-                dir.join_offline(&room.id, u)
-            }
+    let joined = match session.user_id() {
+        Some(u) => match dir.memberships(u).await {
+            Ok(()) => dir.join(&room.id, Some(u), check),
+            // The database does not answer and this user's memberships were never read: an
+            // open room without sanctions can still be joined (no membership could change
+            // the answer); anything else is retried later.
+            Err(_) => dir.join_unread(&room.id, u, check),
         },
-        None => (count, None),
-    };
+        None => dir.join(&room.id, None, check),
+    }
+    .map_err(|e| match e {
+        JoinError::Refused(e) => e,
+        JoinError::Unavailable => directory_unavailable(),
+    })?;
+    if let Some(u) = session.user_id() {
+        let (room_id, user_id, at) = (room.id.clone(), u.to_string(), Utc::now());
+        app.writer.write(if joined.created {
+            WriteOp::MemberJoin {
+                room_id,
+                user_id,
+                at,
+            }
+        } else {
+            WriteOp::MemberSeen {
+                room_id,
+                user_id,
+                at,
+            }
+        });
+    }
     let newly = !session.joined.contains_key(&name);
     conn.join(&name);
     if newly && let (Some(cluster), Some(u)) = (&app.cluster, session.user_id()) {
         cluster.room_joined(u, &name).await;
     }
     let user_id = session.identity.user_id.clone();
-    session.joined.insert(name.clone(), Joined { room, member });
-    conn.to_others(
-        &name,
-        "user:joined",
-        &json!({ "roomName": name, "userId": user_id }),
-    )
-    .await;
-    Ok(json!({ "roomName": name, "memberCount": member_count }))
+    session.joined.insert(
+        name.clone(),
+        Joined {
+            room,
+            member: joined.member,
+        },
+    );
+    // A socket already in the room is not announced again.
+    if newly {
+        conn.to_others(
+            &name,
+            "user:joined",
+            &json!({ "roomName": name, "userId": user_id }),
+        )
+        .await;
+    }
+    Ok(json!({ "roomName": name, "memberCount": joined.count }))
 }
 
 async fn leave(
@@ -153,41 +183,29 @@ async fn leave(
     conn: &dyn Conn,
     name: String,
 ) -> Result<(), EventError> {
-    let fail = |e: &dyn std::fmt::Display| EventError::internal("Failed to leave room", e);
-    let dir = &app.directory;
-    let room = match session.joined.get(&name) {
-        Some(j) => j.room.clone(),
-        None => dir
-            .room(&name)
-            .await
-            .map_err(|e| fail(&e))?
-            .filter(|r| r.is_active)
-            .ok_or_else(EventError::room_not_found)?,
+    // Only a socket in the room can leave it: anything else would let a stranger announce
+    // departures in a room they were never admitted to.
+    let Some(joined) = session.joined.remove(&name) else {
+        return Err(not_in_room(app, session, &name).await);
     };
     conn.leave(&name);
-    let joined = session.joined.remove(&name);
-    if joined.is_some()
-        && let (Some(cluster), Some(u)) = (&app.cluster, session.user_id())
-    {
+    if let (Some(cluster), Some(u)) = (&app.cluster, session.user_id()) {
         cluster.rooms_left(u, std::slice::from_ref(&name)).await;
     }
     if let Some(user) = session.user_id() {
-        let member = match dir.member_now(&room.id, user) {
-            Some(m) => m,
-            None => match joined.and_then(|j| j.member) {
-                Some(m) => Some(m),
-                None => dir.member(&room.id, user).await.map_err(|e| fail(&e))?,
-            },
+        let dir = &app.directory;
+        let room = match dir.room_now(&name) {
+            Some(Some(r)) if r.id == joined.room.id => r,
+            _ => joined.room.clone(),
         };
-        if rooms::leave_deletes_membership(&room, member.as_deref()) {
-            if let Err(e) = dir.store().leave(&room.id, user).await {
-                tracing::debug!(error = %e, "leave written behind");
-                app.writer.write(WriteOp::MemberLeave {
-                    room_id: room.id.clone(),
-                    user_id: user.to_string(),
-                });
-            }
-            dir.left(&room.id, user);
+        let member = dir
+            .member_now(&room.id, user)
+            .unwrap_or_else(|| joined.member.clone());
+        if rooms::leave_deletes_membership(&room, member.as_deref()) && dir.leave(&room.id, user) {
+            app.writer.write(WriteOp::MemberLeave {
+                room_id: room.id.clone(),
+                user_id: user.to_string(),
+            });
         }
     }
     conn.to_others(
@@ -197,6 +215,31 @@ async fn leave(
     )
     .await;
     Ok(())
+}
+
+/// The answer to leaving a room this socket is not in: `ROOM_NOT_FOUND` for a room that does
+/// not exist (or that this user may not know of), else `NOT_IN_ROOM`.
+async fn not_in_room(app: &App, session: &Session, name: &str) -> EventError {
+    let not_in = || EventError::new(code::NOT_IN_ROOM, "You are not in this room");
+    let dir = &app.directory;
+    let room = match dir.room(name).await {
+        Ok(Some(r)) if r.is_active => r,
+        Ok(_) => return EventError::room_not_found(),
+        Err(_) => return not_in(),
+    };
+    if room.visibility == crate::store::Visibility::Secret {
+        let member = match session.user_id() {
+            Some(u) => {
+                let _ = dir.memberships(u).await;
+                dir.member_now(&room.id, u).flatten()
+            }
+            None => None,
+        };
+        if member.is_none() {
+            return EventError::room_not_found();
+        }
+    }
+    not_in()
 }
 
 async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Value, EventError> {

@@ -81,15 +81,15 @@ async fn room_of(app: &App, session: &Session, request: &Request) -> Option<Poli
             member_role: j.member.as_ref().map(|m| m.role.clone()),
         });
     }
-    let room = app.directory.room(name).await.ok().flatten()?;
+    let dir = &app.directory;
+    let room = dir.room(name).await.ok().flatten()?;
     let member_role = match session.user_id() {
-        Some(u) => app
-            .directory
-            .member(&room.id, u)
-            .await
-            .ok()
-            .flatten()
-            .map(|m| m.role.clone()),
+        Some(u) => {
+            let _ = dir.memberships(u).await;
+            dir.member_now(&room.id, u)
+                .flatten()
+                .map(|m| m.role.clone())
+        }
         None => None,
     };
     Some(PolicyRoom {

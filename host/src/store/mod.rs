@@ -64,17 +64,20 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Removes a membership; false if there was none.
     async fn remove_member(&self, room: &str, user_id: &str) -> Result<bool, StoreError>;
-    /// A user's membership of a room.
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<Member>, StoreError>;
     /// All members of a room.
     async fn members(&self, room_id: &str) -> Result<Vec<Member>, StoreError>;
-    /// Upserts the membership of a joining user (role member, last_seen now) and returns the
-    /// room's persistent member count.
-    async fn join(&self, room_id: &str, user_id: &str) -> Result<i64, StoreError>;
-    /// Deletes the membership of a leaving user.
-    async fn leave(&self, room_id: &str, user_id: &str) -> Result<(), StoreError>;
-    /// Persistent members of a room.
-    async fn member_count(&self, room_id: &str) -> Result<i64, StoreError>;
+    /// Every membership of these users, as (room id, member row) (the directory loads the
+    /// memberships of the users who connect, many users a query).
+    async fn user_memberships(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, Member)>, StoreError>;
+    /// The membership figures of every room that has members, and the watermark of the read
+    /// (which announced changes it already includes).
+    async fn member_counts(&self) -> Result<(Vec<RoomCount>, Watermark), StoreError>;
+    /// Names this server's writer: membership changes it commits are announced with this
+    /// origin, so the server's own cache can skip them (it applied them already). Set once.
+    fn set_origin(&self, node_id: &str);
     /// Applies a batch of write-behind operations in one transaction.
     async fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError>;
     /// Figures for `stats` and `/metrics`.
@@ -101,7 +104,8 @@ pub trait Backend: Send + Sync + 'static {
     /// told under `REALTIME_PRESENCE_SCOPE=rooms`).
     async fn reap_dead_nodes(&self) -> Result<Vec<Offline>, StoreError>;
     /// Calls `on_change` for every change of rooms and memberships the database announces,
-    /// until `stop`; returns at once when the backend has no such feed (SQLite).
+    /// until `stop` (PostgreSQL: `LISTEN`; SQLite: the change table, polled). A feed that was
+    /// interrupted reports [`Change::All`].
     async fn watch(&self, on_change: &(dyn Fn(Change) + Send + Sync), stop: CancellationToken);
 }
 

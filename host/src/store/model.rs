@@ -107,7 +107,7 @@ impl NewRoom {
 }
 
 /// A membership row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     /// The member.
@@ -282,8 +282,8 @@ pub enum WriteOp {
         /// Thread id.
         thread_id: Option<String>,
     },
-    /// A user joined a room while the database did not answer: the membership is written
-    /// behind (an upsert, as a direct join would have done).
+    /// A user joined a room: the membership is written behind (an upsert: a member who joins
+    /// again keeps their row, with `last_seen` moved).
     MemberJoin {
         /// Room id.
         room_id: String,
@@ -292,7 +292,16 @@ pub enum WriteOp {
         /// When.
         at: DateTime<Utc>,
     },
-    /// A user left a room while the database did not answer.
+    /// A member joined a room again: `last_seen` moves (the row is not re-created).
+    MemberSeen {
+        /// Room id.
+        room_id: String,
+        /// User id.
+        user_id: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A user left a public room: the self-made membership is deleted behind.
     MemberLeave {
         /// Room id.
         room_id: String,
@@ -323,20 +332,108 @@ pub enum WriteOp {
     },
 }
 
-/// A change announced by the database (PostgreSQL `NOTIFY`): cached rows to drop.
+impl WriteOp {
+    /// Whether this operation writes a membership row (its commit is announced by the feed).
+    pub fn is_membership(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::MemberJoin { .. } | WriteOp::MemberLeave { .. }
+        )
+    }
+}
+
+/// What happened to a membership row (a [`Change::Member`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberOp {
+    /// A new row: the room has one member more.
+    Insert,
+    /// The role or a flag changed.
+    Update,
+    /// The row went: the room has one member less.
+    Delete,
+}
+
+/// A change announced by the database (PostgreSQL `NOTIFY`, the SQLite change table): what the
+/// caches apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// The room of this name changed (or appeared, or went away).
+    /// The room of this name changed (or appeared, or went away): re-read it.
     Room(String),
-    /// A membership changed.
+    /// A membership changed; the row as it is now travels with the change.
     Member {
         /// Room id.
         room_id: String,
         /// User id.
         user_id: String,
+        /// Insert, update or delete.
+        op: MemberOp,
+        /// The row after an insert or update (None after a delete).
+        member: Option<Member>,
+        /// The node whose writer made the change (None: the CLI, plain SQL, another tool).
+        origin: Option<String>,
+        /// Where the change stands in the database's order.
+        position: Position,
     },
     /// Anything may have changed (the feed was lost and notifications may be missing).
     All,
+}
+
+/// A room's membership figures (a bulk count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCount {
+    /// Room id.
+    pub room_id: String,
+    /// Membership rows.
+    pub members: i64,
+    /// Of those, muted or banned.
+    pub sanctioned: i64,
+}
+
+/// Where a change stands in the database's commit order: whether a count read at a
+/// [`Watermark`] already includes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// SQLite: the change table's sequence number.
+    Seq(i64),
+    /// PostgreSQL: the id of the transaction that made the change.
+    Tx(i64),
+    /// Not known (an older notification): treated as not included.
+    Unknown,
+}
+
+/// What a bulk read saw: the changes it includes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watermark {
+    /// SQLite: every change up to this sequence number.
+    Seq(i64),
+    /// PostgreSQL: the read's snapshot (transactions below `xmin` are in it, those at or past
+    /// `xmax` and those in `running` are not).
+    Snapshot {
+        /// Oldest transaction still running when the snapshot was taken.
+        xmin: i64,
+        /// First transaction id not yet assigned then.
+        xmax: i64,
+        /// Transactions running then.
+        running: Vec<i64>,
+    },
+}
+
+impl Watermark {
+    /// Whether a read at this watermark saw the change at `p`.
+    pub fn includes(&self, p: Position) -> bool {
+        match (self, p) {
+            (Watermark::Seq(w), Position::Seq(s)) => s <= *w,
+            (
+                Watermark::Snapshot {
+                    xmin,
+                    xmax,
+                    running,
+                },
+                Position::Tx(t),
+            ) => t < *xmin || (t < *xmax && !running.contains(&t)),
+            _ => false,
+        }
+    }
 }
 
 /// A user whose last connection was on a node that died (crash cleanup).

@@ -20,8 +20,8 @@ use sqlx::{Acquire, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Offline, Room, Stats, StoreError,
-    WriteOp, stats_from_rows,
+    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Room,
+    RoomCount, Stats, StoreError, Watermark, WriteOp, stats_from_rows,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -34,6 +34,8 @@ const JANITOR_LOCK: i64 = 0x6e73_656c_665f_726a; // "nself_rj"
 
 pub(super) struct PgBackend {
     pool: PgPool,
+    /// This server's node id, set in the writer's transactions (`realtime.origin`).
+    origin: std::sync::OnceLock<String>,
 }
 
 impl PgBackend {
@@ -49,7 +51,10 @@ impl PgBackend {
             // writes are queued.
             .acquire_timeout(Duration::from_secs(2))
             .connect_lazy_with(opts);
-        let backend = PgBackend { pool };
+        let backend = PgBackend {
+            pool,
+            origin: Default::default(),
+        };
         if strict {
             backend.migrate().await?;
         }
@@ -358,6 +363,20 @@ async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(
             .execute(&mut **tx)
             .await?;
         }
+        WriteOp::MemberSeen {
+            room_id,
+            user_id,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE realtime_room_members SET last_seen = $3 WHERE room_id = $1 AND user_id = $2",
+            )
+            .bind(uuid_of(&Some(room_id.clone())))
+            .bind(text(user_id))
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        }
         WriteOp::MemberLeave { room_id, user_id } => {
             sqlx::query("DELETE FROM realtime_room_members WHERE room_id = $1 AND user_id = $2")
                 .bind(uuid_of(&Some(room_id.clone())))
@@ -499,18 +518,6 @@ impl Backend for PgBackend {
         Ok(r.rows_affected() > 0)
     }
 
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<Member>, StoreError> {
-        let row = sqlx::query(
-            "SELECT user_id, role, is_muted, is_banned FROM realtime_room_members \
-             WHERE room_id = $1 AND user_id = $2",
-        )
-        .bind(uuid_of(&Some(room_id.to_string())))
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(member_from_row).transpose()
-    }
-
     async fn members(&self, room_id: &str) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
             "SELECT user_id, role, is_muted, is_banned FROM realtime_room_members \
@@ -522,46 +529,78 @@ impl Backend for PgBackend {
         rows.iter().map(member_from_row).collect()
     }
 
-    async fn join(&self, room_id: &str, user_id: &str) -> Result<i64, StoreError> {
-        let room = uuid_of(&Some(room_id.to_string()));
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO realtime_room_members (room_id, user_id, role) VALUES ($1, $2, 'member') \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET last_seen = NOW()",
+    async fn user_memberships(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, Member)>, StoreError> {
+        let ids: Vec<Cow<'_, str>> = user_ids.iter().map(|u| text(u)).collect();
+        let rows = sqlx::query(
+            "SELECT room_id::text AS room_id, user_id, role, is_muted, is_banned \
+             FROM realtime_room_members WHERE user_id = ANY($1) AND room_id IS NOT NULL",
         )
-        .bind(room)
-        .bind(user_id)
-        .execute(&mut *tx)
+        .bind(&ids)
+        .fetch_all(&self.pool)
         .await?;
-        let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_room_members WHERE room_id = $1")
-                .bind(room)
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(count)
+        rows.iter()
+            .map(|r| Ok((r.try_get("room_id")?, member_from_row(r)?)))
+            .collect()
     }
 
-    async fn leave(&self, room_id: &str, user_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM realtime_room_members WHERE room_id = $1 AND user_id = $2")
-            .bind(uuid_of(&Some(room_id.to_string())))
-            .bind(user_id)
-            .execute(&self.pool)
+    async fn member_counts(&self) -> Result<(Vec<RoomCount>, Watermark), StoreError> {
+        // One snapshot for both reads: the watermark says which notifications the counts
+        // already include.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        let snap = sqlx::query(
+            "SELECT txid_snapshot_xmin(s)::bigint AS xmin, txid_snapshot_xmax(s)::bigint AS xmax, \
+             ARRAY(SELECT txid_snapshot_xip(s))::bigint[] AS running \
+             FROM (SELECT txid_current_snapshot() AS s) AS snap",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let watermark = Watermark::Snapshot {
+            xmin: snap.try_get("xmin")?,
+            xmax: snap.try_get("xmax")?,
+            running: snap.try_get("running")?,
+        };
+        let rows = sqlx::query(
+            "SELECT room_id::text AS room_id, COUNT(*) AS n, \
+             COUNT(*) FILTER (WHERE is_muted OR is_banned) AS s FROM realtime_room_members \
+             WHERE room_id IS NOT NULL GROUP BY room_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let counts = rows
+            .iter()
+            .map(|r| {
+                Ok(RoomCount {
+                    room_id: r.try_get("room_id")?,
+                    members: r.try_get("n")?,
+                    sanctioned: r.try_get::<Option<i64>, _>("s")?.unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((counts, watermark))
     }
 
-    async fn member_count(&self, room_id: &str) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_room_members WHERE room_id = $1")
-                .bind(uuid_of(&Some(room_id.to_string())))
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    fn set_origin(&self, node_id: &str) {
+        let _ = self.origin.set(node_id.to_string());
     }
 
     async fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(origin) = self.origin.get()
+            && ops.iter().any(WriteOp::is_membership)
+        {
+            // The membership notifications of this transaction name this node.
+            sqlx::query("SELECT set_config('realtime.origin', $1, true)")
+                .bind(origin)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut events = EventColumns::default();
         for op in ops {
             if let WriteOp::Event {
@@ -908,15 +947,33 @@ fn parse_change(payload: &str) -> Change {
     if let Some(name) = v.get("room").and_then(Value::as_str) {
         return Change::Room(name.to_string());
     }
-    match (
-        v.get("roomId").and_then(Value::as_str),
-        v.get("userId").and_then(Value::as_str),
-    ) {
-        (Some(room_id), Some(user_id)) => Change::Member {
-            room_id: room_id.to_string(),
-            user_id: user_id.to_string(),
-        },
-        _ => Change::All,
+    let field = |k: &str| v.get(k).and_then(Value::as_str);
+    let (Some(room_id), Some(user_id)) = (field("roomId"), field("userId")) else {
+        return Change::All;
+    };
+    let op = match field("op") {
+        Some("insert") => MemberOp::Insert,
+        Some("update") => MemberOp::Update,
+        Some("delete") => MemberOp::Delete,
+        // A notification of the first schema (no operation): re-read everything.
+        _ => return Change::All,
+    };
+    let member = (op != MemberOp::Delete).then(|| Member {
+        user_id: user_id.to_string(),
+        role: field("role").unwrap_or("member").to_string(),
+        is_muted: v.get("muted").and_then(Value::as_bool).unwrap_or(false),
+        is_banned: v.get("banned").and_then(Value::as_bool).unwrap_or(false),
+    });
+    Change::Member {
+        room_id: room_id.to_string(),
+        user_id: user_id.to_string(),
+        op,
+        member,
+        origin: field("origin").map(str::to_string),
+        position: v
+            .get("tx")
+            .and_then(Value::as_i64)
+            .map_or(Position::Unknown, Position::Tx),
     }
 }
 
@@ -927,10 +984,37 @@ mod tests {
     #[test]
     fn notifications_parse() {
         assert!(matches!(parse_change(r#"{"room":"a"}"#), Change::Room(n) if n == "a"));
-        assert!(matches!(
-            parse_change(r#"{"roomId":"r","userId":"u:1"}"#),
-            Change::Member { room_id, user_id } if room_id == "r" && user_id == "u:1"
-        ));
+        assert_eq!(
+            parse_change(
+                r#"{"roomId":"r","userId":"u:1","op":"insert","role":"admin","muted":true,"banned":false,"origin":"n1","tx":42}"#
+            ),
+            Change::Member {
+                room_id: "r".into(),
+                user_id: "u:1".into(),
+                op: MemberOp::Insert,
+                member: Some(Member {
+                    user_id: "u:1".into(),
+                    role: "admin".into(),
+                    is_muted: true,
+                    is_banned: false,
+                }),
+                origin: Some("n1".into()),
+                position: Position::Tx(42),
+            }
+        );
+        assert_eq!(
+            parse_change(r#"{"roomId":"r","userId":"u","op":"delete","origin":null}"#),
+            Change::Member {
+                room_id: "r".into(),
+                user_id: "u".into(),
+                op: MemberOp::Delete,
+                member: None,
+                origin: None,
+                position: Position::Unknown,
+            }
+        );
+        // The first schema's notification carried no operation: everything is re-read.
+        assert_eq!(parse_change(r#"{"roomId":"r","userId":"u"}"#), Change::All);
         assert!(matches!(parse_change("garbage"), Change::All));
         assert_eq!(ip_of(&Some("10.0.0.1".into())).as_deref(), Some("10.0.0.1"));
         assert_eq!(ip_of(&Some("x'; DROP TABLE".into())), None);

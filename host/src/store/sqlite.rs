@@ -17,15 +17,23 @@ use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, NewRoom, Offline, Room, Stats, StoreError,
-    WriteOp, parse_ts, stats_from_rows, ts,
+    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Room,
+    RoomCount, Stats, StoreError, Watermark, WriteOp, parse_ts, stats_from_rows, ts,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 pub(super) struct SqliteBackend {
     pool: SqlitePool,
+    /// This server's node id, written to `realtime_cache_origin` inside the writer's
+    /// transactions that change memberships.
+    origin: std::sync::OnceLock<String>,
 }
+
+/// How often the change table is read.
+const FEED_POLL: Duration = Duration::from_millis(200);
+/// Changes older than this are deleted from the change table (every server has read them).
+const FEED_KEEP: Duration = Duration::from_secs(120);
 
 fn new_id() -> String {
     Uuid::new_v4().to_string()
@@ -76,7 +84,10 @@ impl SqliteBackend {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteBackend { pool })
+        Ok(SqliteBackend {
+            pool,
+            origin: Default::default(),
+        })
     }
 }
 
@@ -252,6 +263,20 @@ async fn apply_one(
             .execute(&mut **tx)
             .await?;
         }
+        WriteOp::MemberSeen {
+            room_id,
+            user_id,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE realtime_room_members SET last_seen = ? WHERE room_id = ? AND user_id = ?",
+            )
+            .bind(ts(*at))
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&mut **tx)
+            .await?;
+        }
         WriteOp::MemberLeave { room_id, user_id } => {
             sqlx::query("DELETE FROM realtime_room_members WHERE room_id = ? AND user_id = ?")
                 .bind(room_id)
@@ -390,18 +415,6 @@ impl Backend for SqliteBackend {
         Ok(r.rows_affected() > 0)
     }
 
-    async fn member(&self, room_id: &str, user_id: &str) -> Result<Option<Member>, StoreError> {
-        let row = sqlx::query(
-            "SELECT user_id, role, is_muted, is_banned FROM realtime_room_members \
-             WHERE room_id = ? AND user_id = ?",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| member_from_row(&r)).transpose()
-    }
-
     async fn members(&self, room_id: &str) -> Result<Vec<Member>, StoreError> {
         let rows = sqlx::query(
             "SELECT user_id, role, is_muted, is_banned FROM realtime_room_members \
@@ -413,52 +426,75 @@ impl Backend for SqliteBackend {
         rows.iter().map(member_from_row).collect()
     }
 
-    async fn join(&self, room_id: &str, user_id: &str) -> Result<i64, StoreError> {
-        let now = ts(Utc::now());
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO realtime_room_members (id, room_id, user_id, role, joined_at, last_seen) \
-             VALUES (?, ?, ?, 'member', ?, ?) \
-             ON CONFLICT(room_id, user_id) DO UPDATE SET last_seen = excluded.last_seen",
+    async fn user_memberships(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, Member)>, StoreError> {
+        let ids =
+            serde_json::to_string(user_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT room_id, user_id, role, is_muted, is_banned FROM realtime_room_members \
+             WHERE user_id IN (SELECT value FROM json_each(?))",
         )
-        .bind(new_id())
-        .bind(room_id)
-        .bind(user_id)
-        .bind(&now)
-        .bind(&now)
-        .execute(&mut *tx)
+        .bind(ids)
+        .fetch_all(&self.pool)
         .await?;
-        let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_room_members WHERE room_id = ?")
-                .bind(room_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        Ok(count)
+        rows.iter()
+            .map(|r| Ok((r.try_get("room_id")?, member_from_row(r)?)))
+            .collect()
     }
 
-    async fn leave(&self, room_id: &str, user_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM realtime_room_members WHERE room_id = ? AND user_id = ?")
-            .bind(room_id)
-            .bind(user_id)
-            .execute(&self.pool)
+    async fn member_counts(&self) -> Result<(Vec<RoomCount>, Watermark), StoreError> {
+        // One read transaction: the counts and the feed position they include.
+        let mut tx = self.pool.begin().await?;
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM realtime_cache_changes")
+            .fetch_one(&mut *tx)
             .await?;
-        Ok(())
+        let rows = sqlx::query(
+            "SELECT room_id, COUNT(*) AS n, SUM(is_muted <> 0 OR is_banned <> 0) AS s \
+             FROM realtime_room_members GROUP BY room_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let counts = rows
+            .iter()
+            .map(|r| {
+                Ok(RoomCount {
+                    room_id: r.try_get("room_id")?,
+                    members: r.try_get("n")?,
+                    sanctioned: r.try_get::<Option<i64>, _>("s")?.unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((counts, Watermark::Seq(seq.unwrap_or(0))))
     }
 
-    async fn member_count(&self, room_id: &str) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_room_members WHERE room_id = ?")
-                .bind(room_id)
-                .fetch_one(&self.pool)
-                .await?,
-        )
+    fn set_origin(&self, node_id: &str) {
+        let _ = self.origin.set(node_id.to_string());
     }
 
     async fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let origin = self
+            .origin
+            .get()
+            .filter(|_| ops.iter().any(WriteOp::is_membership));
+        if let Some(origin) = origin {
+            // The change rows this transaction's triggers append name this node; the marker
+            // row is gone again before the commit.
+            sqlx::query("INSERT OR REPLACE INTO realtime_cache_origin (id, node) VALUES (1, ?)")
+                .bind(origin)
+                .execute(&mut *tx)
+                .await?;
+        }
         for op in ops {
             apply_one(&mut tx, op).await?;
+        }
+        if origin.is_some() {
+            sqlx::query("DELETE FROM realtime_cache_origin")
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -569,7 +605,60 @@ impl Backend for SqliteBackend {
         Ok(Vec::new())
     }
 
-    async fn watch(&self, _on_change: &(dyn Fn(Change) + Send + Sync), _stop: CancellationToken) {}
+    async fn watch(&self, on_change: &(dyn Fn(Change) + Send + Sync), stop: CancellationToken) {
+        // Start after what is there now: the caller loads the rows themselves.
+        let mut last: Option<i64> = None;
+        let mut pruned = std::time::Instant::now();
+        let mut interval = tokio::time::interval(FEED_POLL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let Some(seq) = last else {
+                match sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT MAX(seq) FROM realtime_cache_changes",
+                )
+                .fetch_one(&self.pool)
+                .await
+                {
+                    Ok(max) => {
+                        last = Some(max.unwrap_or(0));
+                        // Whatever changed before the feed was read is re-read.
+                        on_change(Change::All);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cache change feed unavailable"),
+                }
+                continue;
+            };
+            match self.changes_after(seq).await {
+                Ok(changes) => {
+                    for (seq, change) in changes {
+                        last = Some(seq);
+                        on_change(change);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cache change feed lost");
+                    last = None;
+                }
+            }
+            if pruned.elapsed() >= FEED_KEEP / 4 {
+                pruned = std::time::Instant::now();
+                let before =
+                    ts(Utc::now() - chrono::Duration::from_std(FEED_KEEP).unwrap_or_default());
+                if let Err(e) =
+                    sqlx::query("DELETE FROM realtime_cache_changes WHERE created_at < ?")
+                        .bind(before)
+                        .execute(&self.pool)
+                        .await
+                {
+                    tracing::debug!(error = %e, "cache change feed not pruned");
+                }
+            }
+        }
+    }
 
     async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let typing = sqlx::query("DELETE FROM realtime_typing WHERE expires_at < ?")
@@ -581,6 +670,59 @@ impl Backend for SqliteBackend {
             .execute(&self.pool)
             .await?;
         Ok(typing.rows_affected() + events.rows_affected())
+    }
+}
+
+impl SqliteBackend {
+    /// The changes after `seq`, oldest first (at most 1,000 a call).
+    async fn changes_after(&self, seq: i64) -> Result<Vec<(i64, Change)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, room, room_id, user_id, op, role, is_muted, is_banned, origin \
+             FROM realtime_cache_changes WHERE seq > ? ORDER BY seq LIMIT 1000",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let seq: i64 = r.try_get("seq")?;
+            let op: String = r.try_get("op")?;
+            let room: Option<String> = r.try_get("room")?;
+            let room_id: Option<String> = r.try_get("room_id")?;
+            let user_id: Option<String> = r.try_get("user_id")?;
+            let change = match (op.as_str(), room, room_id, user_id) {
+                ("room", Some(name), _, _) => Change::Room(name),
+                (op, _, Some(room_id), Some(user_id)) => {
+                    let op = match op {
+                        "insert" => MemberOp::Insert,
+                        "update" => MemberOp::Update,
+                        _ => MemberOp::Delete,
+                    };
+                    let member = match op {
+                        MemberOp::Delete => None,
+                        _ => Some(Member {
+                            user_id: user_id.clone(),
+                            role: r
+                                .try_get::<Option<String>, _>("role")?
+                                .unwrap_or_else(|| "member".into()),
+                            is_muted: r.try_get::<Option<i64>, _>("is_muted")?.unwrap_or(0) != 0,
+                            is_banned: r.try_get::<Option<i64>, _>("is_banned")?.unwrap_or(0) != 0,
+                        }),
+                    };
+                    Change::Member {
+                        room_id,
+                        user_id,
+                        op,
+                        member,
+                        origin: r.try_get("origin")?,
+                        position: Position::Seq(seq),
+                    }
+                }
+                _ => Change::All,
+            };
+            out.push((seq, change));
+        }
+        Ok(out)
     }
 }
 

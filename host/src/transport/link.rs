@@ -96,9 +96,34 @@ pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slo
     if let Some(user) = session.user_id() {
         s.join(user_room(user));
     }
+    // The user's memberships are read now, while the client reads its connect reply: its
+    // first join finds them in memory.
+    let hold = session.user_id().map(|u| UserHold::new(&app, u));
     let gate = CancellationToken::new();
     s.extensions.insert(Gate(gate.clone()));
-    tokio::spawn(run(app, s.clone(), session, rx, gate, slot));
+    tokio::spawn(run(app, s.clone(), session, rx, gate, (slot, hold)));
+}
+
+/// Keeps a connected user's memberships in the directory while the link lives.
+struct UserHold {
+    app: Arc<App>,
+    user: String,
+}
+
+impl UserHold {
+    fn new(app: &Arc<App>, user: &str) -> UserHold {
+        app.directory.user_connected(user);
+        UserHold {
+            app: app.clone(),
+            user: user.to_string(),
+        }
+    }
+}
+
+impl Drop for UserHold {
+    fn drop(&mut self) {
+        self.app.directory.user_disconnected(&self.user);
+    }
 }
 
 /// The events handled under `config` (one list per combination, built once).
@@ -180,7 +205,7 @@ async fn run<A: Adapter>(
     mut session: Session,
     mut rx: mpsc::Receiver<Box<Inbound<A>>>,
     gate: CancellationToken,
-    _slot: Slot,
+    _held: (Slot, Option<UserHold>),
 ) {
     if tokio::time::timeout(app.config.connect_timeout, gate.cancelled())
         .await

@@ -52,6 +52,9 @@ pub struct App {
     pub ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Connection slots in use (admitted, not yet cleaned up).
     pub slots: AtomicUsize,
+    /// Engine sessions opened and not yet connected to the namespace (see
+    /// [`crate::transport::admission`]).
+    pub pending: Arc<AtomicUsize>,
     /// Cancelled when the server starts draining.
     pub draining: CancellationToken,
     /// This instance's id (connection rows carry it).

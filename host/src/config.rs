@@ -113,6 +113,9 @@ pub struct Config {
     pub database_url: String,
     /// `REALTIME_MAX_CONNECTIONS` per instance (default 10000).
     pub max_connections: usize,
+    /// `REALTIME_MAX_PENDING_CONNECTS`: connections opened but not yet connected to the
+    /// namespace, at most (default 2048); past it new ones get HTTP 503 and retry.
+    pub max_pending_connects: usize,
     /// `REALTIME_RATE_LIMIT` new connections per minute per IP (default 100, 0 disables).
     pub connection_rate_per_minute: u32,
     /// `REALTIME_PING_INTERVAL` (ms, default 25000).
@@ -372,6 +375,7 @@ impl Config {
             redis_prefix: redis_prefix(&v)?,
             database_url: database_url(&v)?,
             max_connections: v.positive("REALTIME_MAX_CONNECTIONS", 10_000usize)?,
+            max_pending_connects: v.positive("REALTIME_MAX_PENDING_CONNECTS", 2048usize)?,
             connection_rate_per_minute: v.num("REALTIME_RATE_LIMIT", 100u32)?,
             ping_interval: v.millis("REALTIME_PING_INTERVAL", 25_000)?,
             ping_timeout: v.millis("REALTIME_PING_TIMEOUT", 60_000)?,

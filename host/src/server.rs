@@ -169,6 +169,7 @@ pub async fn run(
         dedupe: Dedupe::new(100_000, crate::dedupe::DEDUPE_TTL),
         ip_limiter: App::ip_limiter(config.connection_rate_per_minute),
         slots: Default::default(),
+        pending: Default::default(),
         draining: CancellationToken::new(),
         node_id,
         live: Default::default(),
@@ -195,7 +196,11 @@ pub async fn run(
             config.clone(),
             transport::origin_guard,
         ))
-        .layer(axum::middleware::from_fn(transport::detach_request_head));
+        .layer(axum::middleware::from_fn(transport::detach_request_head))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            transport::admission,
+        ));
     let addr = listener.local_addr()?;
     let http_stop = CancellationToken::new();
     let listener = transport::GuardedListener::new(listener, config.write_timeout);

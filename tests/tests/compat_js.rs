@@ -67,6 +67,16 @@ async fn polling_websocket_and_upgrade_with_the_official_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_is_retried_by_the_official_client() {
+    let host = TestHost::start(&[
+        ("REALTIME_MAX_PENDING_CONNECTS", "1"),
+        ("REALTIME_CONNECT_TIMEOUT", "1500"),
+    ])
+    .await;
+    run_script(&host, "busy_retry.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_over_redis_with_the_official_client() {
     let redis = nself_realtime_tests::redis::SharedRedis::new("js");
     let db = tempfile::tempdir().expect("temp dir");

@@ -76,6 +76,10 @@ pub async fn admit<A: Adapter>(
     s: SocketRef<A>,
     auth: Option<Value>,
 ) -> Result<(), Refusal> {
+    // The session reached the namespace: it is no longer pending (admitted or refused).
+    if let Some(p) = s.req_parts().extensions.get::<super::PendingConnect>() {
+        p.release();
+    }
     // Scaled out, the per-IP connection rate counts across instances (the local limiter
     // still applies, and alone while Redis is down).
     let per_minute = app.config.connection_rate_per_minute;

@@ -192,6 +192,95 @@ pub async fn origin_guard(
     next.run(req).await
 }
 
+/// Whether a request opens an Engine.IO session (a Socket.IO request without a `sid`).
+fn opens_session(req: &Request) -> bool {
+    req.uri().path().starts_with("/socket.io")
+        && !req.uri().query().is_some_and(|q| q.contains("sid="))
+}
+
+/// An engine session that has not connected to the namespace yet. Released by the connect
+/// middleware ([`admit`]), or when the session ends without connecting (engineioxide keeps the
+/// opening request's extensions for the session's life).
+#[derive(Clone)]
+pub struct PendingConnect(Arc<PendingInner>);
+
+struct PendingInner {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl PendingConnect {
+    fn new(count: Arc<std::sync::atomic::AtomicUsize>) -> PendingConnect {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        PendingConnect(Arc::new(PendingInner {
+            count,
+            released: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The session connected (or gave up): it no longer counts.
+    pub fn release(&self) {
+        if !self
+            .0
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.0
+                .count
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for PendingInner {
+    fn drop(&mut self) {
+        if !self.released.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// Admission of new engine sessions under a herd: past `REALTIME_MAX_PENDING_CONNECTS`
+/// sessions opened and not yet connected (the server is behind on authenticating and wiring
+/// them), a new one is refused with HTTP 503 and `Retry-After`. Clients see a transport error
+/// and retry with their reconnection backoff (the JavaScript client does so by itself; a
+/// `connect_error` from the namespace would stop it). While draining, new sessions get 503 too.
+pub async fn admission(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !opens_session(&req) {
+        return next.run(req).await;
+    }
+    let busy = app.pending.load(std::sync::atomic::Ordering::Acquire)
+        >= app.config.max_pending_connects;
+    if busy || app.is_draining() {
+        let (reason, message) = if busy {
+            ("busy", "Server busy: retry")
+        } else {
+            ("shutting_down", "Server shutting down")
+        };
+        app.metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+        let body = serde_json::json!({ "code": "SERVICE_UNAVAILABLE", "message": message });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::RETRY_AFTER, HeaderValue::from_static("1")),
+                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            ],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    req.extensions_mut()
+        .insert(PendingConnect::new(app.pending.clone()));
+    next.run(req).await
+}
+
 /// Copies the head of a request that opens an Engine.IO session (no `sid` yet) out of the
 /// connection's read buffer.
 ///
@@ -200,9 +289,7 @@ pub async fn origin_guard(
 /// live socket then pinned a whole read buffer (measured with DHAT: 16 KiB of the ~38 KiB per
 /// idle websocket connection). Owned copies cost the size of the head.
 pub async fn detach_request_head(req: Request, next: Next) -> Response {
-    let opens_session = req.uri().path().starts_with("/socket.io")
-        && !req.uri().query().is_some_and(|q| q.contains("sid="));
-    if !opens_session {
+    if !opens_session(&req) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();

@@ -58,10 +58,19 @@ impl Outcome {
 /// Connects one client per `(user, room)` with at most `in_flight` connects-and-joins under
 /// way, each joining its room as soon as it is connected. Every client is kept.
 pub async fn join_storm(url: &str, who: Vec<(String, String)>, in_flight: usize) -> Vec<Outcome> {
+    join_storm_on(&[url.to_string()], who, in_flight).await
+}
+
+/// [`join_storm`] over several servers: client `i` connects to `urls[i % n]`.
+pub async fn join_storm_on(
+    urls: &[String],
+    who: Vec<(String, String)>,
+    in_flight: usize,
+) -> Vec<Outcome> {
     let gate = Arc::new(Semaphore::new(in_flight));
     let mut tasks = Vec::with_capacity(who.len());
-    for (user, room) in who {
-        let (gate, url) = (gate.clone(), url.to_string());
+    for (i, (user, room)) in who.into_iter().enumerate() {
+        let (gate, url) = (gate.clone(), urls[i % urls.len()].clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok();
             join_one(&url, user, room).await

@@ -17,6 +17,12 @@
 #                fan-out --find-max with the clients spread over both instances
 #   scale        nself-realtime only: fan-out --find-max on one instance vs two instances +
 #                Redis (room members split across the two)
+#   storm        join storm: STORM_CLIENTS clients connect as fast as the generator can
+#                (STORM_CONCURRENCY in flight), each joining one of ROOMS rooms right after
+#                its connect answer: time until all joined, join-ack p50/p99, failures
+#   herd         reconnect herd: STORM_CLIENTS clients in rooms, then SIGKILL and restart of
+#                the server (same database); clients reconnect with the JS client's backoff
+#                and rejoin: time until all are back, failures
 #
 # Every run starts a fresh server (SQLite in a scratch directory for nself-realtime, embedded
 # defaults otherwise) and prints one line per run; at the end a table per scenario with the
@@ -34,7 +40,9 @@
 #   RATE [200]          fan-out messages/s (fixed-rate run, and where --find-max starts)
 #   FIXED_RATE          fanout-max: rate of the latency run (default: the reference's maximum)
 #   DURATION [10]       seconds per measured step;  STEP_FACTOR [1.25] of --find-max
-#   STORM_RATE [2000]   events/s of the storms
+#   STORM_RATE [2000]   events/s of the typing/presence/join storms
+#   STORM_CLIENTS ["5000"]  clients of the join storm and the herd (a list runs each size)
+#   STORM_CONCURRENCY [256] connects in flight in the join storm and the herd
 #   PRESENCE_SCOPE [all]  nself-realtime's REALTIME_PRESENCE_SCOPE
 #   SERVER_ENV          extra VAR=value words for nself-realtime (e.g. "REALTIME_EVENT_RATE=100")
 #   REDIS_URL [redis://127.0.0.1:6379]  for `multi`
@@ -70,6 +78,8 @@ RATE="${RATE:-200}"
 DURATION="${DURATION:-10}"
 STEP_FACTOR="${STEP_FACTOR:-1.25}"
 STORM_RATE="${STORM_RATE:-2000}"
+STORM_CLIENTS="${STORM_CLIENTS:-5000}"
+STORM_CONCURRENCY="${STORM_CONCURRENCY:-256}"
 PRESENCE_SCOPE="${PRESENCE_SCOPE:-all}"
 SERVER_ENV="${SERVER_ENV:-}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
@@ -129,9 +139,13 @@ stop_server() { # stop_server PID
   wait "$1" 2>/dev/null || true
 }
 
-# start_rust PORT PLUGINS_DIR [REDIS_URL] -> sets $server_pid
+# start_rust PORT PLUGINS_DIR [REDIS_URL] [DIR] -> sets $server_pid and $server_dir (a restart
+# passes the previous $server_dir: same database, no init)
 start_rust() {
-  local port="$1" plugins="$2" redis="${3:-}" dir="$scratch/rust-$1-$RANDOM"
+  local port="$1" plugins="$2" redis="${3:-}" dir="${4:-$scratch/rust-$1-$RANDOM}"
+  local fresh=1
+  [ -n "${4:-}" ] && fresh=0
+  server_dir="$dir"
   mkdir -p "$dir" "$plugins"
   local -a envs=(DATABASE_URL="sqlite://$dir/realtime.db" REALTIME_HOST=127.0.0.1
     REALTIME_PORT="$port" REALTIME_JWT_SECRET="$SECRET" REALTIME_RATE_LIMIT=0
@@ -141,12 +155,14 @@ start_rust() {
   [ -n "$redis" ] && envs+=(REALTIME_REDIS_URL="$redis")
   # shellcheck disable=SC2206
   envs+=($SERVER_ENV)
-  env "${envs[@]}" "$server_bin" init >/dev/null
-  local i
-  for ((i = 0; i < ROOMS; i++)); do
-    env "${envs[@]}" "$server_bin" create-room "bench-$i" >/dev/null
-  done
-  env "${envs[@]}" taskset -c "$SERVER_CPUS" "$server_bin" serve >"$dir/server.log" 2>&1 &
+  if [ "$fresh" = 1 ]; then
+    env "${envs[@]}" "$server_bin" init >/dev/null
+    local i
+    for ((i = 0; i < ROOMS; i++)); do
+      env "${envs[@]}" "$server_bin" create-room "bench-$i" >/dev/null
+    done
+  fi
+  env "${envs[@]}" taskset -c "$SERVER_CPUS" "$server_bin" serve >>"$dir/server.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
   wait_http "http://127.0.0.1:$port/health/live" "$server_pid" ||
@@ -221,6 +237,11 @@ run_one() {
         --step-factor "$STEP_FACTOR" ;;
     typing | presence | join)
       bench "$out" "$scenario" "${common[@]}" "${fanout_args[@]}" --rate "$STORM_RATE" ;;
+    storm-*)
+      bench "$out" storm "${common[@]}" --clients "${scenario#storm-}" --rooms "$ROOMS" \
+        --connect-concurrency "$STORM_CONCURRENCY" --source-ips "$SOURCE_IPS" ;;
+    herd-*)
+      herd "$out" "$side" "$port" "${scenario#herd-}" "${common[@]}" ;;
   esac
   if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ] ||
     [ "$side:$scenario" = rust:scale-two ]; then
@@ -232,12 +253,54 @@ run_one() {
   summarize "$out" >&2
 }
 
+# herd OUT SIDE PORT CLIENTS ARGS...: clients in rooms, then SIGKILL and a restart of the
+# server on the same port (nself-realtime on the same database); the generator measures the
+# time until every client is back in its room.
+herd() {
+  local out="$1" side="$2" port="$3" clients="$4"
+  shift 4
+  local ready="$scratch/herd-ready-$RANDOM"
+  echo "   load $(cut -d' ' -f1-3 /proc/loadavg); realtime-bench herd $*" >&2
+  taskset -c "$GEN_CPUS" "$bench_bin" --json herd "$@" --secret "$SECRET" --clients "$clients" \
+    --rooms "$ROOMS" --connect-concurrency "$STORM_CONCURRENCY" --source-ips "$SOURCE_IPS" \
+    --ready-file "$ready" >"$out" &
+  local gen=$!
+  for _ in $(seq 1 1200); do
+    [ -f "$ready" ] && break
+    kill -0 "$gen" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -f "$ready" ]; then
+    echo "   (the herd never got ready)" >&2
+    kill "$gen" 2>/dev/null || true
+    wait "$gen" 2>/dev/null || true
+    return 0
+  fi
+  sleep 1
+  echo "   SIGKILL $server_pid, restart" >&2
+  kill -KILL "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  case "$side" in
+    rust) start_rust "$port" "$scratch/no-plugins" "" "$server_dir" ;;
+    node) start_node "$port" ;;
+  esac
+  wait "$gen" || echo "   (generator failed; see above)" >&2
+}
+
 summarize() { # one line from a JSON report
   [ -s "$1" ] || { echo "   (no report)"; return 0; }
   python3 - "$1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-if "checkpoints" in r:
+if "time_to_all_back_ms" in r:
+    print(f"   herd: {r['rejoined']}/{r['storm']['joined']} back in {r['time_to_all_back_ms']:.0f} ms "
+          f"(p50 {r['back']['p50_ms']:.0f}, p99 {r['back']['p99_ms']:.0f} ms), failed joins {r['failures']}, "
+          f"{r['connect_attempts']} connect attempts")
+elif "time_to_all_joined_ms" in r:
+    print(f"   storm: {r['joined']}/{r['clients']} joined in {r['time_to_all_joined_ms']:.0f} ms, "
+          f"join ack p50 {r['join_ack']['p50_ms']:.1f} p99 {r['join_ack']['p99_ms']:.1f} ms, "
+          f"failures {r['failures']}, server cpu {r['server']['cpu_pct']:.0f} %")
+elif "checkpoints" in r:
     last = r["checkpoints"][-1] if r["checkpoints"] else {}
     print(f"   {r['connected']} connected at {r['connect_rate']:.0f}/s, "
           f"{last.get('per_conn_kib', 0):.1f} KiB/conn, slope {r['slope_kib_per_conn']:.1f}, "
@@ -280,6 +343,26 @@ def load(scen, side):
 side_b = "rust" if b.startswith(("policy", "scale")) else "node"
 ra, rb = load(a, "rust"), load(b, side_b)
 def figures(r):
+    if "time_to_all_back_ms" in r:
+        return {
+            "clients in rooms before": r["storm"]["joined"],
+            "back in their room": r["rejoined"],
+            "time until all back ms": r["time_to_all_back_ms"],
+            "per client back p50 ms": r["back"]["p50_ms"],
+            "per client back p99 ms": r["back"]["p99_ms"],
+            "failed joins": sum(r["failures"].values()),
+            "connect attempts": r["connect_attempts"],
+        }
+    if "time_to_all_joined_ms" in r:
+        return {
+            "joined": r["joined"],
+            "failures": sum(r["failures"].values()),
+            "time until all joined ms": r["time_to_all_joined_ms"],
+            "joins /s": r["joins_per_sec"],
+            "connect p50 ms": r["connect"]["p50_ms"], "connect p99 ms": r["connect"]["p99_ms"],
+            "join ack p50 ms": r["join_ack"]["p50_ms"], "join ack p99 ms": r["join_ack"]["p99_ms"],
+            "server CPU %": r["server"]["cpu_pct"], "server RSS MiB": r["server"]["rss_kib"] / 1024,
+        }
     if "checkpoints" in r:
         cps = {c["connections"]: c for c in r["checkpoints"]}
         f = {"connected": r["connected"], "connect rate /s": r["connect_rate"]}
@@ -365,6 +448,14 @@ for scenario in "${scenarios[@]}"; do
       done
       table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
     multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" ;;
+    storm)
+      for n in $STORM_CLIENTS; do
+        run_pair "storm-$n" "storm-$n" "join storm: $n clients into $ROOMS rooms, $STORM_CONCURRENCY in flight"
+      done ;;
+    herd)
+      for n in $STORM_CLIENTS; do
+        run_pair "herd-$n" "herd-$n" "reconnect herd: $n clients in $ROOMS rooms, SIGKILL and restart"
+      done ;;
     scale)
       for ((round = 1; round <= ROUNDS; round++)); do
         run_one scale-one rust "$round"

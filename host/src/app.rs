@@ -64,6 +64,11 @@ pub struct App {
     pub live: std::sync::Mutex<std::collections::HashMap<String, crate::store::WriteOp>>,
     /// Start time.
     pub started: Instant,
+    /// What the other instances must learn about the sockets a drain dropped (see
+    /// [`crate::pipeline::farewell`]).
+    pub farewells: std::sync::Mutex<Vec<crate::pipeline::Farewell>>,
+    /// The last database check of `/health`: (when, answered).
+    pub db_check: std::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 impl App {
@@ -86,6 +91,30 @@ impl App {
     /// Whether the server is shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
+    }
+
+    /// Whether the database answers, checked at most once a second however often it is
+    /// asked (`/health` is reachable without credentials: its requests must not become
+    /// database round trips).
+    pub async fn database_answers(&self) -> bool {
+        let recent = *self.db_check.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ok)) = recent
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return ok;
+        }
+        // Claim the check; concurrent callers keep the last answer meanwhile.
+        {
+            let mut slot = self.db_check.lock().unwrap_or_else(|e| e.into_inner());
+            let last = slot.map(|(_, ok)| ok).unwrap_or(true);
+            *slot = Some((Instant::now(), last));
+        }
+        let ok = matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(2), self.store.ping()).await,
+            Ok(Ok(()))
+        );
+        *self.db_check.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
+        ok
     }
 }
 

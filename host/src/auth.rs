@@ -139,7 +139,12 @@ impl Authenticator {
                 claims
             }
         };
-        identity_from_claims(claims)
+        let identity = identity_from_claims(claims)?;
+        // A verified token that names nobody is anonymous access in disguise.
+        if identity.user_id.is_none() && !self.allow_anonymous {
+            return Err(AuthError::Invalid);
+        }
+        Ok(identity)
     }
 }
 
@@ -195,16 +200,34 @@ fn check_times(claims: &Map<String, Value>, leeway: u64) -> Result<(), AuthError
     Ok(())
 }
 
-/// A claim that names someone: a non-empty string, or a number written as a string.
-fn id_claim(claims: &Map<String, Value>, primary: &str, fallback: &str) -> Option<String> {
-    [primary, fallback]
+/// Longest user or session id (the original's `VARCHAR(255)` columns).
+pub const MAX_ID_LEN: usize = 255;
+
+/// A claim that names someone: a string of 1-255 characters without control characters, or an
+/// integer (written as a string). `Ok(None)` when neither claim is present; `Err` when the
+/// first present one is not a usable id (it is never silently skipped for the other).
+fn id_claim(
+    claims: &Map<String, Value>,
+    primary: &str,
+    fallback: &str,
+) -> Result<Option<String>, AuthError> {
+    let Some(v) = [primary, fallback]
         .iter()
-        .filter_map(|k| match claims.get(*k) {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= 255 => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        })
-        .next()
+        .find_map(|k| claims.get(*k).filter(|v| !v.is_null()))
+    else {
+        return Ok(None);
+    };
+    match v {
+        Value::String(s)
+            if !s.is_empty()
+                && s.chars().count() <= MAX_ID_LEN
+                && !s.chars().any(char::is_control) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
+        _ => Err(AuthError::Invalid),
+    }
 }
 
 fn identity_from_claims(claims: Map<String, Value>) -> Result<Identity, AuthError> {
@@ -220,8 +243,8 @@ fn identity_from_claims(claims: Map<String, Value>) -> Result<Identity, AuthErro
         _ => None,
     };
     Ok(Identity {
-        user_id: id_claim(&claims, "userId", "sub"),
-        session_id: id_claim(&claims, "sessionId", "sid"),
+        user_id: id_claim(&claims, "userId", "sub")?,
+        session_id: id_claim(&claims, "sessionId", "sid")?,
         roles,
         expires_at,
         claims: Value::Object(claims),
@@ -284,6 +307,20 @@ mod tests {
                 json!({"userId": "u6", "nbf": now() + 600}),
                 Err(AuthError::Invalid),
             ),
+            (json!({"userId": 42}), Ok(Some("42"))),
+            // Tokens that name nobody usable are refused (anonymous access is off).
+            (json!({"sessionId": "x"}), Err(AuthError::Invalid)),
+            (json!({"userId": "u".repeat(256)}), Err(AuthError::Invalid)),
+            (
+                json!({"userId": "u".repeat(300), "sub": "ok"}),
+                Err(AuthError::Invalid),
+            ),
+            (json!({"userId": {}}), Err(AuthError::Invalid)),
+            (json!({"userId": ["u"]}), Err(AuthError::Invalid)),
+            (json!({"userId": ""}), Err(AuthError::Invalid)),
+            (json!({"userId": "a\nb"}), Err(AuthError::Invalid)),
+            (json!({"userId": 1.5}), Err(AuthError::Invalid)),
+            (json!({"userId": null, "sub": "u7"}), Ok(Some("u7"))),
         ];
         for (claims, want) in cases {
             let got = ok(claims.clone()).map(|i| i.user_id);
@@ -326,6 +363,13 @@ mod tests {
         assert_eq!(open.authenticate(None).unwrap().user_id, None);
         // A bad token is still refused when anonymous access is on.
         assert_eq!(open.authenticate(Some("x.y.z")), Err(AuthError::Invalid));
+        // A valid token without a user id is anonymous only where anonymous access is on;
+        // a malformed user id is refused either way.
+        let no_user = hs(Algorithm::HS256, json!({"sessionId": "s"}), SECRET);
+        assert_eq!(strict.authenticate(Some(&no_user)), Err(AuthError::Invalid));
+        assert_eq!(open.authenticate(Some(&no_user)).unwrap().user_id, None);
+        let bad_user = hs(Algorithm::HS256, json!({"userId": {}}), SECRET);
+        assert_eq!(open.authenticate(Some(&bad_user)), Err(AuthError::Invalid));
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub struct Config {
     pub write_queue: usize,
     /// `REALTIME_MAX_MESSAGE_LENGTH` (default 5000 characters).
     pub max_message_length: usize,
+    /// `REALTIME_MAX_METADATA_BYTES`: largest `message:send` metadata, bytes of JSON (4096).
+    pub max_metadata_bytes: usize,
+    /// `REALTIME_MAX_METADATA_DEPTH`: deepest nesting of that metadata (8).
+    pub max_metadata_depth: usize,
     /// `REALTIME_EVENT_RATE` events per second per socket (default 50).
     pub event_rate: u32,
     /// `REALTIME_EVENT_BURST` (default 100).
@@ -185,6 +189,9 @@ pub struct Config {
     pub enable_metrics: bool,
     /// `REALTIME_METRICS_PATH` (default /metrics).
     pub metrics_path: String,
+    /// `REALTIME_METRICS_TOKEN`: when set, the metrics endpoints answer only requests with
+    /// `Authorization: Bearer <token>` (401 otherwise).
+    pub metrics_token: Option<String>,
     /// `REALTIME_ENABLE_PLUGINS` (default true).
     pub enable_plugins: bool,
     /// `REALTIME_PLUGINS_DIR` (default ./plugins).
@@ -400,6 +407,8 @@ impl Config {
             batch_size: v.positive("REALTIME_BATCH_SIZE", 1000usize)?,
             write_queue: v.positive("REALTIME_WRITE_QUEUE", 100_000usize)?,
             max_message_length: v.positive("REALTIME_MAX_MESSAGE_LENGTH", 5000usize)?,
+            max_metadata_bytes: v.positive("REALTIME_MAX_METADATA_BYTES", 4096usize)?,
+            max_metadata_depth: v.positive("REALTIME_MAX_METADATA_DEPTH", 8usize)?,
             event_rate: v.positive("REALTIME_EVENT_RATE", 50u32)?,
             event_burst,
             log_events: v.bool("REALTIME_LOG_EVENTS", true)?,
@@ -412,6 +421,7 @@ impl Config {
             health_path: v.path("REALTIME_HEALTH_PATH")?,
             enable_metrics: v.bool("REALTIME_ENABLE_METRICS", true)?,
             metrics_path: v.path("REALTIME_METRICS_PATH")?,
+            metrics_token: v.raw("REALTIME_METRICS_TOKEN"),
             enable_plugins: v.bool("REALTIME_ENABLE_PLUGINS", true)?,
             plugins_dir: PathBuf::from(v.string("REALTIME_PLUGINS_DIR", "./plugins")),
             plugin_cache_dir: match v.string("REALTIME_PLUGIN_CACHE_DIR", "./data/plugin-cache") {

@@ -27,17 +27,25 @@ pub trait Fanout: Send + Sync + 'static {
     fn is_socket_id(&self, name: &str) -> bool;
     /// Sockets of this instance per (user, client-visible room).
     fn local_room_sockets(&self) -> BTreeMap<(String, String), u32>;
+    /// Every socket in `room` on the other instances only (nothing when this instance is
+    /// alone): what a draining instance tells the cluster about the users it drops.
+    async fn room_elsewhere(&self, room: &str, event: &'static str, data: &Value);
+    /// Every socket on the other instances, or those in `rooms` when given.
+    async fn all_elsewhere(&self, rooms: Option<Vec<String>>, event: &'static str, data: &Value);
 }
 
 /// [`Fanout`] over a socketioxide instance.
 pub struct SocketIoFanout<A: Adapter> {
     io: SocketIo<A>,
+    /// The room every local socket is in, in a cluster ([`crate::cluster::node_room`]).
+    node_room: Option<String>,
 }
 
 impl<A: Adapter> SocketIoFanout<A> {
-    /// Wraps the Socket.IO handle.
-    pub fn new(io: SocketIo<A>) -> Self {
-        SocketIoFanout { io }
+    /// Wraps the Socket.IO handle; `node_room` is the room of this instance's sockets when
+    /// scaled out.
+    pub fn new(io: SocketIo<A>, node_room: Option<String>) -> Self {
+        SocketIoFanout { io, node_room }
     }
 }
 
@@ -113,6 +121,23 @@ impl<A: Adapter> Fanout for SocketIoFanout<A> {
             }
         }
         out
+    }
+
+    async fn room_elsewhere(&self, room: &str, event: &'static str, data: &Value) {
+        if let Some(local) = &self.node_room {
+            let op = self.io.to(room.to_string()).except(local.clone());
+            log_err(event, op.emit(event, data).await);
+        }
+    }
+
+    async fn all_elsewhere(&self, rooms: Option<Vec<String>>, event: &'static str, data: &Value) {
+        let Some(local) = &self.node_room else { return };
+        let op = match rooms {
+            Some(r) if r.is_empty() => return,
+            Some(r) => self.io.to(r).except(local.clone()),
+            None => self.io.except(local.clone()),
+        };
+        log_err(event, op.emit(event, data).await);
     }
 
     fn is_socket_id(&self, name: &str) -> bool {

@@ -109,8 +109,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not raise the open-file limit");
     }
     let addr = SocketAddr::new(config.host, config.port);
-    let listener =
-        listen(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener = listen(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {

@@ -2,7 +2,7 @@
 //! recorder, so tests can run many servers in one process). No label carries a room, user or
 //! socket id: only event names and error codes, both bounded sets.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -84,6 +84,9 @@ pub struct Metrics {
     pub store_batches: Counter,
     /// Writes dropped (queue full, or given up after retries).
     pub store_writes_dropped: Counter,
+    /// Audit rows dropped to keep the queue's room for the rows that matter (counted in
+    /// `store_writes_dropped` too).
+    pub store_audit_dropped: Counter,
     /// Failed batch commits (each retry counts).
     pub store_write_failures: Counter,
     /// Writes waiting in the queue.
@@ -111,6 +114,59 @@ pub struct Metrics {
     pub redis_reconnects: Counter,
     /// Total events (for the JSON `events.total`).
     pub events_total: AtomicU64,
+    /// Events of the last hour (for the JSON `events.lastHour`).
+    pub events_recent: RecentCounter,
+    /// Users whose stored presence is offline, as last read in the background (the JSON
+    /// `presence.offline`; no request reads the database for it).
+    pub presence_offline: AtomicI64,
+}
+
+/// A count over the last hour, in one-minute buckets (no allocation, no lock).
+pub struct RecentCounter {
+    /// Per bucket: the minute it counts (since the epoch) and its count.
+    buckets: [(AtomicU64, AtomicU64); 60],
+}
+
+impl Default for RecentCounter {
+    fn default() -> Self {
+        RecentCounter {
+            buckets: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
+        }
+    }
+}
+
+impl RecentCounter {
+    fn minute_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 60)
+            .unwrap_or(0)
+    }
+
+    /// Counts one.
+    pub fn inc(&self) {
+        let minute = Self::minute_now();
+        let (at, count) = &self.buckets[(minute % 60) as usize];
+        let seen = at.load(Ordering::Acquire);
+        if seen != minute
+            && at
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            count.store(0, Ordering::Release);
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count of the last 60 minutes (this one included).
+    pub fn last_hour(&self) -> u64 {
+        let now = Self::minute_now();
+        self.buckets
+            .iter()
+            .filter(|(at, _)| now.saturating_sub(at.load(Ordering::Acquire)) < 60)
+            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl Default for Metrics {
@@ -143,6 +199,7 @@ impl Metrics {
             store_writes: Counter::default(),
             store_batches: Counter::default(),
             store_writes_dropped: Counter::default(),
+            store_audit_dropped: Counter::default(),
             store_write_failures: Counter::default(),
             store_queue_depth: Gauge::default(),
             plugin_calls: Family::default(),
@@ -161,6 +218,8 @@ impl Metrics {
             redis_dropped: Family::default(),
             redis_reconnects: Counter::default(),
             events_total: AtomicU64::new(0),
+            events_recent: RecentCounter::default(),
+            presence_offline: AtomicI64::new(0),
             registry: Registry::default(),
         };
         registry.register(
@@ -209,6 +268,11 @@ impl Metrics {
             "store_writes_dropped",
             "Writes dropped because the queue was full or the database kept failing",
             m.store_writes_dropped.clone(),
+        );
+        registry.register(
+            "store_audit_rows_dropped",
+            "Audit rows dropped because the write-behind queue was more than half full",
+            m.store_audit_dropped.clone(),
         );
         registry.register(
             "store_write_failures",
@@ -288,6 +352,12 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Counts one client event (the JSON `events` figures).
+    pub fn event_seen(&self) {
+        self.events_total.fetch_add(1, Ordering::Relaxed);
+        self.events_recent.inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -295,5 +365,31 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_counts_sum_the_last_hour() {
+        let r = RecentCounter::default();
+        for _ in 0..5 {
+            r.inc();
+        }
+        assert_eq!(r.last_hour(), 5);
+        // A bucket from more than an hour ago does not count.
+        let old = RecentCounter::minute_now() - 61;
+        r.buckets[(old % 60) as usize]
+            .0
+            .store(old, Ordering::Release);
+        r.buckets[(old % 60) as usize]
+            .1
+            .store(100, Ordering::Release);
+        let now_bucket = (RecentCounter::minute_now() % 60) as usize;
+        if now_bucket != (old % 60) as usize {
+            assert_eq!(r.last_hour(), 5);
+        }
     }
 }

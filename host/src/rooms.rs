@@ -61,6 +61,10 @@ pub fn check_join(
     let members_only = matches!(room.room_type, RoomType::Dm | RoomType::Group)
         || matches!(room.visibility, Visibility::Private | Visibility::Secret);
     if members_only && member.is_none() {
+        // A secret room answers a stranger exactly like a room that does not exist.
+        if room.visibility == Visibility::Secret {
+            return Err(EventError::room_not_found());
+        }
         return Err(EventError::new(
             code::ROOM_ACCESS_DENIED,
             "This room is for its members only",
@@ -179,6 +183,12 @@ mod tests {
                 Some(code::ROOM_ACCESS_DENIED),
             ),
             (room(Channel, Secret, None), Some(m.clone()), 0, None),
+            (
+                room(Channel, Secret, None),
+                None,
+                0,
+                Some(code::ROOM_NOT_FOUND),
+            ),
             (
                 room(Dm, Public, None),
                 None,

@@ -163,10 +163,14 @@ pub async fn run(
         metrics,
         presence,
         typing,
-        fanout: sio.fanout(),
+        fanout: sio.fanout(&node_id),
         cluster: cluster.clone(),
         extensions: extensions.clone(),
-        dedupe: Dedupe::new(100_000, crate::dedupe::DEDUPE_TTL),
+        dedupe: Dedupe::new(
+            crate::dedupe::PER_USER,
+            crate::dedupe::TOTAL,
+            crate::dedupe::DEDUPE_TTL,
+        ),
         ip_limiter: App::ip_limiter(config.connection_rate_per_minute),
         slots: Default::default(),
         pending: Default::default(),
@@ -174,6 +178,8 @@ pub async fn run(
         node_id,
         live: Default::default(),
         started: Instant::now(),
+        db_check: Default::default(),
+        farewells: Default::default(),
     });
     sio.register(app.clone()).await;
 
@@ -192,6 +198,7 @@ pub async fn run(
     let router = sio
         .route(http::router(app.clone()))
         .layer(transport::cors(&config))
+        .layer(axum::middleware::from_fn(transport::cors_scope))
         .layer(axum::middleware::from_fn_with_state(
             config.clone(),
             transport::origin_guard,
@@ -229,6 +236,13 @@ pub async fn run(
             remaining,
             "shutdown timeout reached with connections still open"
         );
+    }
+    // Scaled out: the other instances' clients learn who left with this instance.
+    if tokio::time::timeout(left(deadline), pipeline::farewell(&app))
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown timeout reached while telling the other instances who left");
     }
     if tokio::time::timeout(left(deadline).max(Duration::from_secs(1)), sio.close())
         .await
@@ -291,6 +305,7 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
     let mut last_heartbeat = Instant::now();
     let mut last_idle_check = Instant::now();
     let mut last_cleanup: Option<Instant> = None;
+    let mut last_offline: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -331,6 +346,17 @@ async fn janitor(app: Arc<App>, stop: CancellationToken) {
                     at: now,
                     last_active,
                 });
+            }
+        }
+        if last_offline.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            last_offline = Some(Instant::now());
+            app.dedupe.sweep();
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(5), app.store.offline_users()).await
+            {
+                app.metrics
+                    .presence_offline
+                    .store(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
         if last_cleanup.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
@@ -382,9 +408,13 @@ async fn lease_keeper(app: Arc<App>, stop: CancellationToken) {
                 redis_ok_since = None;
             }
             if redis_ok_since.is_some_and(|t| t.elapsed() >= lease / 2)
-                && let Some(gone) = c.reap(None).await
+                && let Some(reaped) = c.reap(None).await
             {
-                for g in gone {
+                for (room, user) in reaped.left {
+                    let event = serde_json::json!({ "roomName": room, "userId": user });
+                    app.fanout.room(&room, None, "user:left", &event).await;
+                }
+                for g in reaped.offline {
                     let state = PresenceState::offline(g.user_id);
                     pipeline::announce_presence_in(&app, &state, g.rooms).await;
                 }

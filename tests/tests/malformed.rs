@@ -129,11 +129,18 @@ async fn every_malformed_payload_is_a_validation_error_and_changes_nothing() {
     let mut obs = host.joined("observer", "general").await;
     obs.clear_events();
 
+    // A socket that keeps sending malformed events is disconnected (see
+    // `malformed_floods_are_cut_off`): a fresh fuzzing socket every 40 payloads.
+    let mut sent = 0;
     let mut failures = Vec::new();
     for event in EVENTS {
         let mut corpus = generic_corpus();
         corpus.extend(specific_corpus(event));
         for payload in corpus {
+            sent += 1;
+            if sent % 40 == 0 {
+                fuzz = host.joined("fuzzer", "general").await;
+            }
             let shown = {
                 let s = payload.to_string();
                 if s.len() > 80 {
@@ -156,6 +163,10 @@ async fn every_malformed_payload_is_a_validation_error_and_changes_nothing() {
             }
         }
         // No argument at all.
+        sent += 1;
+        if sent % 40 == 0 {
+            fuzz = host.joined("fuzzer", "general").await;
+        }
         match fuzz.emit_args_ack(event, &[], ms(5000)).await {
             Some(args)
                 if args

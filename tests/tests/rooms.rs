@@ -148,8 +148,20 @@ async fn private_secret_dm_and_group_need_membership() {
     }
     let mut outsider = host.client("outsider").await;
     let mut insider = host.client("insider").await;
-    for (name, _, _) in rooms {
-        ack_err(&join(&mut outsider, name).await, "ROOM_ACCESS_DENIED");
+    for (name, _, v) in rooms {
+        // A secret room answers a stranger exactly like a missing one (its existence is not
+        // revealed); the others say access denied.
+        if v == Visibility::Secret {
+            let secret = ack_err(&join(&mut outsider, name).await, "ROOM_NOT_FOUND");
+            let missing = ack_err(&join(&mut outsider, "no-such-room").await, "ROOM_NOT_FOUND");
+            assert_eq!(secret, missing);
+            let leave = outsider
+                .emit_ack("room:leave", json!({"roomName": name}), ms(5000))
+                .await;
+            ack_err(&leave, "ROOM_NOT_FOUND");
+        } else {
+            ack_err(&join(&mut outsider, name).await, "ROOM_ACCESS_DENIED");
+        }
         ack_ok(&join(&mut insider, name).await);
     }
     // The refused join did not put the outsider in the room.

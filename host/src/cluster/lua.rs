@@ -205,6 +205,7 @@ else
 end
 local gone = {}
 local rooms = {}
+local left = {}
 for _, node in ipairs(dead) do
   local hk = P .. ':node:' .. node .. ':users'
   local rk = P .. ':node:' .. node .. ':rooms'
@@ -219,12 +220,20 @@ for _, node in ipairs(dead) do
       rooms[u] = {}
     end
   end
+  local live = redis.call('ZRANGEBYSCORE', P .. ':nodes', '(' .. now, '+inf')
   for _, f in ipairs(fields) do
     local room, u = string.match(f, '^(.-)\31(.*)$')
-    if room and rooms[u] then table.insert(rooms[u], room) end
+    if room then
+      if rooms[u] then table.insert(rooms[u], room) end
+      local n = 0
+      for _, other in ipairs(live) do
+        n = n + (tonumber(redis.call('HGET', P .. ':node:' .. other .. ':rooms', f) or '0') or 0)
+      end
+      if n == 0 then table.insert(left, { room, u }) end
+    end
   end
 end
-return cjson.encode({ nodes = dead, users = gone, rooms = rooms })
+return cjson.encode({ nodes = dead, users = gone, rooms = rooms, left = left })
 "#,
     )
 });

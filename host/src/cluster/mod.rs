@@ -154,6 +154,19 @@ struct Reaped {
     /// user -> rooms (an empty list may come as `{}`).
     #[serde(default)]
     rooms: serde_json::Value,
+    /// [room, user] pairs of the dead instances with no socket of the user in the room left
+    /// anywhere.
+    #[serde(default, deserialize_with = "de_list")]
+    left: Vec<(String, String)>,
+}
+
+/// What a crash cleanup found: users gone offline, and users gone from rooms.
+#[derive(Debug, Clone, Default)]
+pub struct Reaping {
+    /// Users with no socket left anywhere (each once, cluster-wide).
+    pub offline: Vec<Gone>,
+    /// (room, user): the user has no socket left in the room anywhere.
+    pub left: Vec<(String, String)>,
 }
 
 /// A user a crash cleanup took offline, with the rooms they were in on the dead instance.
@@ -351,7 +364,7 @@ impl Cluster {
     /// Crash cleanup: forgets the sockets of instances whose lease expired (or of `force`,
     /// this instance's previous run) and returns the users left with no socket anywhere (each
     /// returned once, cluster-wide: the script runs atomically).
-    pub async fn reap(&self, force: Option<&str>) -> Option<Vec<Gone>> {
+    pub async fn reap(&self, force: Option<&str>) -> Option<Reaping> {
         let now = now_ms().to_string();
         let r: Reaped = self
             .link
@@ -375,7 +388,10 @@ impl Cluster {
                 Gone { user_id, rooms }
             })
             .collect();
-        Some(gone)
+        Some(Reaping {
+            offline: gone,
+            left: r.left,
+        })
     }
 
     /// A socket of `user` on this instance joined `room`.
@@ -469,7 +485,7 @@ impl Cluster {
 
     /// Removes this instance from the cluster at a clean stop: its users with no socket
     /// elsewhere are returned (already offline in Redis).
-    pub async fn leave(&self) -> Option<Vec<Gone>> {
+    pub async fn leave(&self) -> Option<Reaping> {
         self.reap(Some(&self.link.node.clone())).await
     }
 }
@@ -498,6 +514,12 @@ pub fn adapter_prefix(prefix: &str) -> String {
 /// socketioxide-redis names it `<adapter prefix>-request#<namespace>#`).
 fn adapter_request_channel(prefix: &str) -> String {
     format!("{}-request#/#", adapter_prefix(prefix))
+}
+
+/// The internal room every socket of instance `node` is in: a broadcast that excepts it
+/// reaches the other instances only (a draining instance's farewells).
+pub fn node_room(node: &str) -> String {
+    format!("#node:{node}")
 }
 
 /// The field of a (user, room) socket count.

@@ -1,7 +1,6 @@
 //! `/health`, `/health/live`, `/health/ready`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -31,10 +30,7 @@ pub async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
 
 /// Full health: database reachability, write-behind state, connections, uptime.
 pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let db_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), app.store.ping()).await,
-        Ok(Ok(()))
-    ) && app.writer.healthy();
+    let db_ok = app.database_answers().await && app.writer.healthy();
     let plugins = app
         .extensions
         .as_ref()

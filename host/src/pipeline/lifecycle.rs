@@ -115,19 +115,84 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
     audit(app, session, "disconnect", json!({ "reason": reason }));
 }
 
-/// Shutdown path of [`on_disconnect`]: state and rows only, no broadcasts.
+/// Shutdown path of [`on_disconnect`]: state and rows, no broadcast to this instance's own
+/// sockets (they are all going: n x n sends). Scaled out, what the other instances' clients
+/// must learn (typing ended, `user:left` where the user has no socket left anywhere, offline)
+/// is kept for [`farewell`], sent once every socket here is done.
 async fn forget(app: &App, session: &Session, reason: &str) {
-    app.typing.clear_socket(&session.socket_id).await;
+    let typing = app.typing.clear_socket(&session.socket_id).await;
+    let mut left = Vec::new();
     if let (Some(c), Some(user)) = (&app.cluster, session.user_id()) {
         let rooms: Vec<String> = session.joined.keys().cloned().collect();
-        c.rooms_left(user, &rooms).await;
+        left = c.rooms_left(user, &rooms).await.unwrap_or_default();
     }
+    let mut offline = None;
     if app.config.enable_presence
         && let Some(user) = session.user_id()
         && let Some(state) = app.presence.disconnect(user).await
     {
         persist_presence(app, &state);
+        offline = Some(state);
+    }
+    if app.cluster.is_some()
+        && let Some(user) = session.user_id()
+    {
+        app.farewells
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Farewell {
+                user: user.to_string(),
+                typing: typing
+                    .into_iter()
+                    .map(|u| (u.key.room.clone(), u.event()))
+                    .collect(),
+                left,
+                offline,
+                rooms: session.joined.keys().cloned().collect(),
+            });
     }
     app.connection_closed(&session.socket_id);
     audit(app, session, "disconnect", json!({ "reason": reason }));
+}
+
+/// What the other instances of a cluster must learn about a socket a draining instance drops.
+#[derive(Debug)]
+pub struct Farewell {
+    user: String,
+    /// `typing:event`s of the typing entries the socket had, by room.
+    typing: Vec<(String, serde_json::Value)>,
+    /// Rooms where the user has no socket left anywhere.
+    left: Vec<String>,
+    /// The user's presence, when this was their last socket anywhere.
+    offline: Option<crate::presence::PresenceState>,
+    /// The rooms the socket was in (who hears `presence:changed` under scope `rooms`).
+    rooms: Vec<String>,
+}
+
+/// A draining instance tells the other instances' clients about every user it dropped:
+/// typing ended, `user:left`, `presence:changed` offline (sent to their sockets only).
+pub async fn farewell(app: &App) {
+    let all = std::mem::take(&mut *app.farewells.lock().unwrap_or_else(|e| e.into_inner()));
+    if all.is_empty() {
+        return;
+    }
+    tracing::info!(sockets = all.len(), "telling the other instances who left");
+    for f in all {
+        for (room, event) in &f.typing {
+            app.fanout.room_elsewhere(room, "typing:event", event).await;
+        }
+        for room in &f.left {
+            let event = json!({ "roomName": room, "userId": f.user });
+            app.fanout.room_elsewhere(room, "user:left", &event).await;
+        }
+        if let Some(state) = &f.offline {
+            let rooms = match app.config.presence_scope {
+                crate::config::PresenceScope::All => None,
+                crate::config::PresenceScope::Rooms => Some(f.rooms.clone()),
+            };
+            app.fanout
+                .all_elsewhere(rooms, "presence:changed", &state.event())
+                .await;
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The one place that fixes the order an event goes through:
 //!
 //! ```text
-//! parse + validate -> rate limit -> policy chain -> access rules -> state -> persist -> fan-out -> ack
+//! rate limit -> parse + validate -> policy chain -> access rules -> state -> persist -> fan-out -> ack
 //! ```
 //!
 //! The transport hands every event here with its [`Session`] (per-socket state owned by the
@@ -25,7 +25,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
-pub use lifecycle::{on_connect, on_disconnect};
+pub use lifecycle::{Farewell, farewell, on_connect, on_disconnect};
 
 /// Persists and broadcasts a presence change made outside an event (custom status expiry).
 pub async fn broadcast_presence_changed(app: &App, state: &crate::presence::PresenceState) {
@@ -101,6 +101,16 @@ pub struct Session {
     pub joined: HashMap<String, Joined>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
+    /// Budget of malformed events (unknown, unparseable): sustained invalid traffic ends the
+    /// connection.
+    malformed: DefaultDirectRateLimiter,
+    /// Error audit rows this socket may still write now (one a second, a burst of five);
+    /// errors past it are counted in `errors_unaudited` and reported with the next row.
+    error_audit: DefaultDirectRateLimiter,
+    /// Errors not audited one by one since the last audited one.
+    pub errors_unaudited: u64,
+    /// The server decided to disconnect this socket: later events are dropped.
+    pub closing: bool,
     /// The identity as policy modules see it (built on first use, reset on refresh).
     policy_identity: Option<crate::extensions::PolicyIdentity>,
     /// The policy decisions of the event being handled (for its audit row).
@@ -122,6 +132,14 @@ impl Session {
             joined: HashMap::new(),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             strikes: 0,
+            malformed: RateLimiter::direct(
+                Quota::per_second(MALFORMED_PER_SECOND).allow_burst(MALFORMED_BURST),
+            ),
+            error_audit: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::MIN).allow_burst(ERROR_AUDIT_BURST),
+            ),
+            errors_unaudited: 0,
+            closing: false,
             policy_identity: None,
             policy_trail: Vec::new(),
         }
@@ -136,6 +154,46 @@ impl Session {
     /// The user id, if authenticated.
     pub fn user_id(&self) -> Option<&str> {
         self.identity.user_id.as_deref()
+    }
+
+    /// Spends one event from the socket's budget: every event, known or not, valid or not,
+    /// before any work. `Err` is the refusal, with whether the socket keeps exceeding it (a
+    /// whole burst refused in a row: disconnect).
+    pub fn spend(&mut self, burst: u32) -> Result<(), (EventError, bool)> {
+        match self.limiter.check() {
+            Ok(()) => {
+                self.strikes = 0;
+                Ok(())
+            }
+            Err(not_until) => {
+                self.strikes += 1;
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let e = EventError::new(code::RATE_LIMIT_EXCEEDED, "Too many events")
+                    .with_details(json!({ "retryAfterMs": wait.as_millis().max(1) as u64 }));
+                Err((e, self.strikes > burst.max(10)))
+            }
+        }
+    }
+
+    /// Counts a malformed event (unknown, or refused by validation); true once the socket
+    /// has sent them faster than [`MALFORMED_PER_SECOND`] for longer than a burst of
+    /// [`MALFORMED_BURST`]: it is disconnected.
+    pub fn malformed(&mut self) -> bool {
+        self.malformed.check().is_err()
+    }
+}
+
+/// Malformed events a socket may send per second, sustained, before it is disconnected.
+pub const MALFORMED_PER_SECOND: NonZeroU32 = nonzero(10);
+/// Malformed events a socket may send at once.
+pub const MALFORMED_BURST: NonZeroU32 = nonzero(50);
+/// Error audit rows a socket may write at once (then one a second).
+const ERROR_AUDIT_BURST: NonZeroU32 = nonzero(5);
+
+const fn nonzero(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
     }
 }
 
@@ -161,9 +219,7 @@ pub async fn handle(
     let started = Instant::now();
     let label = EventLabel { event: kind.name() };
     app.metrics.events.get_or_create(&label).inc();
-    app.metrics
-        .events_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    app.metrics.event_seen();
     session.policy_trail.clear();
     let result = run(app, session, conn, kind, &payload).await;
     let trail = std::mem::take(&mut session.policy_trail);
@@ -171,17 +227,8 @@ pub async fn handle(
         .event_seconds
         .get_or_create(&label)
         .observe(started.elapsed().as_secs_f64());
-    let disconnect = match &result {
-        Err(e) if e.code == code::RATE_LIMIT_EXCEEDED => {
-            session.strikes += 1;
-            // Sustained abuse: a whole burst's worth of refused events in a row.
-            session.strikes > app.config.event_burst.max(10)
-        }
-        _ => {
-            session.strikes = 0;
-            false
-        }
-    };
+    let disconnect =
+        matches!(&result, Err(e) if e.code == code::VALIDATION_ERROR) && session.malformed();
     match result {
         Ok(data) => {
             audit_with(
@@ -202,19 +249,7 @@ pub async fn handle(
             }
         }
         Err(e) => {
-            app.metrics
-                .errors
-                .get_or_create(&CodeLabel {
-                    code: e.code.to_string(),
-                })
-                .inc();
-            audit_with(
-                app,
-                session,
-                "error",
-                json!({"event": kind.name(), "code": e.code, "message": e.message}),
-                &trail,
-            );
+            record_error(app, session, kind.name(), &e, &trail);
             Outcome {
                 ack: e.ack(),
                 error: Some(e),
@@ -222,6 +257,36 @@ pub async fn handle(
             }
         }
     }
+}
+
+/// Counts a failed event and audits it, at most one row a second per socket (a burst of
+/// five): a flood of bad events must not become a flood of rows. The row after a gap says
+/// how many errors went unaudited in between.
+pub fn record_error(
+    app: &App,
+    session: &mut Session,
+    event: &str,
+    e: &EventError,
+    trail: &[crate::extensions::Decision],
+) {
+    app.metrics
+        .errors
+        .get_or_create(&CodeLabel {
+            code: e.code.to_string(),
+        })
+        .inc();
+    if !app.config.log_events || !app.config.log_event_types.includes("error") {
+        return;
+    }
+    if session.error_audit.check().is_err() {
+        session.errors_unaudited += 1;
+        return;
+    }
+    let mut payload = json!({"event": event, "code": e.code, "message": e.message});
+    if session.errors_unaudited > 0 {
+        payload["unaudited"] = json!(std::mem::take(&mut session.errors_unaudited));
+    }
+    audit_with(app, session, "error", payload, trail);
 }
 
 async fn run(
@@ -234,16 +299,11 @@ async fn run(
     // 1. parse + validate
     let limits = payload::Limits {
         max_message_length: app.config.max_message_length,
+        max_metadata_bytes: app.config.max_metadata_bytes,
+        max_metadata_depth: app.config.max_metadata_depth,
     };
+    // (2. the rate limit was spent by the link before anything else, see `Session::spend`.)
     let mut request = payload::parse(kind, payload, limits)?;
-    // 2. rate limit
-    if let Err(not_until) = session.limiter.check() {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        return Err(
-            EventError::new(code::RATE_LIMIT_EXCEEDED, "Too many events")
-                .with_details(json!({ "retryAfterMs": wait.as_millis().max(1) as u64 })),
-        );
-    }
     // 3. policy chain: WebAssembly policy modules may reject or rewrite.
     if let Some(ext) = &app.extensions
         && ext.wants(kind.name())

@@ -126,6 +126,56 @@ pub struct MessageSend {
 pub struct Limits {
     /// Longest message content, in characters.
     pub max_message_length: usize,
+    /// Largest `metadata` object, in bytes of its JSON.
+    pub max_metadata_bytes: usize,
+    /// Deepest nesting of `metadata` (the object itself is depth 1).
+    pub max_metadata_depth: usize,
+}
+
+/// The nesting depth of a JSON value (a scalar is 0, `{}` is 1), counted without recursion
+/// and stopping once past `limit`.
+fn depth_over(v: &Value, limit: usize) -> bool {
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Object(m) => Box::new(m.values()),
+            Value::Array(a) => Box::new(a.iter()),
+            _ => continue,
+        };
+        if d + 1 > limit {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    false
+}
+
+/// `metadata`: an object within the size and depth limits (`None` when absent).
+fn metadata(obj: &Map<String, Value>, limits: Limits) -> Result<Value, EventError> {
+    let m = match obj.get("metadata") {
+        None | Some(Value::Null) => return Ok(Value::Null),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err(EventError::validation("metadata", "must be an object")),
+    };
+    if depth_over(m, limits.max_metadata_depth) {
+        return Err(EventError::validation(
+            "metadata",
+            &format!("may nest at most {} levels", limits.max_metadata_depth),
+        ));
+    }
+    let size = serde_json::to_string(m)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
+    if size > limits.max_metadata_bytes {
+        return Err(EventError::validation(
+            "metadata",
+            &format!(
+                "must be at most {} bytes of JSON",
+                limits.max_metadata_bytes
+            ),
+        ));
+    }
+    Ok(m.clone())
 }
 
 fn object(payload: &Value) -> Result<&Map<String, Value>, EventError> {
@@ -235,11 +285,7 @@ pub fn parse(kind: EventKind, payload: &Value, limits: Limits) -> Result<Request
                     &format!("must be 1-{} characters", limits.max_message_length),
                 ));
             }
-            let metadata = match obj.get("metadata") {
-                None | Some(Value::Null) => Value::Null,
-                Some(m @ Value::Object(_)) => m.clone(),
-                Some(_) => return Err(EventError::validation("metadata", "must be an object")),
-            };
+            let metadata = metadata(obj, limits)?;
             Request::Send(MessageSend {
                 room,
                 content: content.clone(),
@@ -303,7 +349,21 @@ mod tests {
 
     const L: Limits = Limits {
         max_message_length: 10,
+        max_metadata_bytes: 64,
+        max_metadata_depth: 3,
     };
+
+    #[test]
+    fn metadata_within_the_limits_passes() {
+        let ok = parse(
+            EventKind::MessageSend,
+            &json!({"roomName": "r", "content": "x", "metadata": {"a": {"b": {"c": 1}}}}),
+            L,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(!depth_over(&json!({"a": {"b": [1]}}), 3));
+        assert!(depth_over(&json!({"a": {"b": [[1]]}}), 3));
+    }
 
     #[test]
     fn malformed_payloads_are_validation_errors() {
@@ -333,6 +393,19 @@ mod tests {
             (
                 EventKind::MessageSend,
                 json!({"roomName": "r", "content": "x", "metadata": []}),
+            ),
+            // Metadata past 64 bytes of JSON, or nested past 3 levels.
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x", "metadata": {"k": "v".repeat(60)}}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x", "metadata": {"a": {"b": {"c": {}}}}}),
+            ),
+            (
+                EventKind::MessageSend,
+                json!({"roomName": "r", "content": "x", "metadata": {"a": [[[1]]]}}),
             ),
             (
                 EventKind::MessageSend,

@@ -340,6 +340,13 @@ impl Directory {
         }
     }
 
+    /// Rooms known (all, and active ones).
+    pub fn room_totals(&self) -> (usize, usize) {
+        let rooms = lock(&self.rooms);
+        let active = rooms.by_name.values().filter(|r| r.is_active).count();
+        (rooms.by_name.len(), active)
+    }
+
     /// The read of one room (shared by concurrent callers); a change announced while it runs
     /// makes it read again.
     fn read_room(&self, rooms: &mut Rooms, name: &str) -> Read<Option<Arc<Room>>> {

@@ -80,8 +80,11 @@ pub trait Backend: Send + Sync + 'static {
     fn set_origin(&self, node_id: &str);
     /// Applies a batch of write-behind operations in one transaction.
     async fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError>;
-    /// Figures for `stats` and `/metrics`.
+    /// Figures for the CLI's `stats` (counts whole tables: never on an unauthenticated path).
     async fn stats(&self) -> Result<Stats, StoreError>;
+    /// Users whose presence row says offline (an index count; refreshed in the background
+    /// for `/metrics`).
+    async fn offline_users(&self) -> Result<i64, StoreError>;
     /// Connected sockets, newest first.
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError>;
     /// The newest `limit` audit rows, newest first.

@@ -521,6 +521,14 @@ impl Backend for SqliteBackend {
         stats_from_rows(&row, &presence)
     }
 
+    async fn offline_users(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM realtime_presence WHERE status = 'offline'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT socket_id, user_id, transport, latency_ms, connected_at FROM realtime_connections \

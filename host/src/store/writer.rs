@@ -34,8 +34,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Queues one write. When the queue is full the write is dropped and counted.
+    /// Queues one write. When the queue is full the write is dropped and counted. Audit rows
+    /// give way first: past half the queue they are dropped (and counted), so that the room
+    /// left goes to connection, presence and membership rows.
     pub fn write(&self, op: WriteOp) {
+        if matches!(op, WriteOp::Event { .. }) && self.tx.capacity() < self.tx.max_capacity() / 2 {
+            self.metrics.store_audit_dropped.inc();
+            self.metrics.store_writes_dropped.inc();
+            return;
+        }
         match self.tx.try_send(op) {
             Ok(()) => {
                 self.metrics.store_queue_depth.inc();

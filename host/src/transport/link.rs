@@ -96,6 +96,10 @@ pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slo
     if let Some(user) = session.user_id() {
         s.join(user_room(user));
     }
+    if app.cluster.is_some() {
+        // Lets a draining instance address the other instances' sockets only.
+        s.join(crate::cluster::node_room(&app.node_id));
+    }
     // The user's memberships are read now, while the client reads its connect reply: its
     // first join finds them in memory.
     let hold = session.user_id().map(|u| UserHold::new(&app, u));
@@ -277,11 +281,43 @@ async fn handle<A: Adapter>(
     payload: Value,
     ack: Option<AckSender<A>>,
 ) {
+    if session.closing {
+        // Queued before the decision to disconnect: not handled, not answered.
+        return;
+    }
+    let answer = |error: &EventError, ack: Option<AckSender<A>>| match ack {
+        Some(ack) => {
+            if let Err(e) = ack.send(&error.ack()) {
+                tracing::debug!(error = %e, "ack not sent");
+            }
+        }
+        None => conn.emit("error", &serde_json::to_value(error).unwrap_or_default()),
+    };
+    // Every event, known or not, valid or not, spends from the socket's budget first.
+    if let Err((e, abusive)) = session.spend(app.config.event_burst) {
+        let name = kind.map_or("unknown", EventKind::name);
+        pipeline::record_error(app, session, name, &e, &[]);
+        answer(&e, ack);
+        if abusive {
+            close(session, conn, "keeps exceeding its rate limit");
+        }
+        return;
+    }
     let Some(kind) = kind else {
         // Unknown events are ignored, as the original did; an ack still gets its one answer.
+        // They count as malformed: a socket that keeps sending them is disconnected.
+        let e = EventError::new(code::VALIDATION_ERROR, "Unknown event");
+        app.metrics
+            .errors
+            .get_or_create(&crate::metrics::CodeLabel {
+                code: e.code.to_string(),
+            })
+            .inc();
         if let Some(ack) = ack {
-            let e = EventError::new(code::VALIDATION_ERROR, "Unknown event");
             let _ = ack.send(&e.ack());
+        }
+        if session.malformed() {
+            close(session, conn, "keeps sending malformed events");
         }
         return;
     };
@@ -296,7 +332,16 @@ async fn handle<A: Adapter>(
         (None, None) => {}
     }
     if out.disconnect {
-        tracing::info!(socket = %session.socket_id, "disconnecting a socket that keeps exceeding its rate limit");
-        conn.disconnect();
+        close(session, conn, "keeps sending malformed events");
     }
+}
+
+/// Disconnects an abusive socket once (one log line); its queued events are dropped.
+fn close<A: Adapter>(session: &mut Session, conn: &SocketConn<A>, why: &'static str) {
+    if session.closing {
+        return;
+    }
+    session.closing = true;
+    tracing::info!(socket = %session.socket_id, ip = ?session.ip, "disconnecting a socket that {why}");
+    conn.disconnect();
 }

@@ -92,11 +92,14 @@ impl Sio {
         }
     }
 
-    /// The fan-out over this engine.
-    pub fn fanout(&self) -> Arc<dyn Fanout> {
+    /// The fan-out over this engine (`node` names this instance in a cluster).
+    pub fn fanout(&self, node: &str) -> Arc<dyn Fanout> {
         match self {
-            Sio::Local(_, io) => Arc::new(SocketIoFanout::new(io.clone())),
-            Sio::Cluster(_, io) => Arc::new(SocketIoFanout::new(io.clone())),
+            Sio::Local(_, io) => Arc::new(SocketIoFanout::new(io.clone(), None)),
+            Sio::Cluster(_, io) => Arc::new(SocketIoFanout::new(
+                io.clone(),
+                Some(crate::cluster::node_room(node)),
+            )),
         }
     }
 
@@ -150,24 +153,45 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, app: Arc<App>) ->
     io.ns("/", on_connect.with(admit))
 }
 
-/// CORS for the polling transport, from `REALTIME_CORS_ORIGIN` (credentials allowed, as the
-/// original did).
+/// CORS for the polling transport, from `REALTIME_CORS_ORIGIN`. With a list of origins,
+/// credentials are allowed (as the original did); with `*` any origin may connect but without
+/// credentials (echoing every origin with credentials would let any page ride a user's
+/// cookies).
 pub fn cors(config: &Config) -> CorsLayer {
-    let origin = if config.any_origin() {
-        AllowOrigin::mirror_request()
-    } else {
-        AllowOrigin::list(
-            config
-                .cors_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
-    };
-    CorsLayer::new()
-        .allow_origin(origin)
-        .allow_credentials(true)
+    let layer = CorsLayer::new()
         .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    if config.any_origin() {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        layer
+            .allow_origin(AllowOrigin::list(
+                config
+                    .cors_origins
+                    .iter()
+                    .filter_map(|o| HeaderValue::from_str(o).ok()),
+            ))
+            .allow_credentials(true)
+    }
+}
+
+/// Keeps CORS to the Socket.IO paths: `/health` and `/metrics` carry no CORS headers, so a
+/// web page of another origin cannot read them.
+pub async fn cors_scope(req: Request, next: Next) -> Response {
+    let socket_io = req.uri().path().starts_with("/socket.io");
+    let mut res = next.run(req).await;
+    if !socket_io {
+        let headers = res.headers_mut();
+        let cors: Vec<_> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for k in cors {
+            headers.remove(k);
+        }
+    }
+    res
 }
 
 /// Refuses Socket.IO requests (polling and the websocket upgrade alike) whose `Origin` is not
@@ -234,7 +258,10 @@ impl PendingConnect {
 
 impl Drop for PendingInner {
     fn drop(&mut self) {
-        if !self.released.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
@@ -253,8 +280,8 @@ pub async fn admission(
     if !opens_session(&req) {
         return next.run(req).await;
     }
-    let busy = app.pending.load(std::sync::atomic::Ordering::Acquire)
-        >= app.config.max_pending_connects;
+    let busy =
+        app.pending.load(std::sync::atomic::Ordering::Acquire) >= app.config.max_pending_connects;
     if busy || app.is_draining() {
         let (reason, message) = if busy {
             ("busy", "Server busy: retry")
@@ -270,7 +297,10 @@ pub async fn admission(
             StatusCode::SERVICE_UNAVAILABLE,
             [
                 (header::RETRY_AFTER, HeaderValue::from_static("1")),
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
             ],
             body.to_string(),
         )

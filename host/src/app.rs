@@ -50,8 +50,13 @@ pub struct App {
     pub dedupe: Dedupe,
     /// New connections per minute per IP (None when disabled).
     pub ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Engine handshakes per minute per IP: twice the connection rate, so that only handshakes
+    /// that never become connections are cut off here (None when disabled).
+    pub handshake_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Connection slots in use (admitted, not yet cleaned up).
     pub slots: AtomicUsize,
+    /// Open TCP connections (see [`crate::transport::serve`]).
+    pub sockets: Arc<AtomicUsize>,
     /// Engine sessions opened and not yet connected to the namespace (see
     /// [`crate::transport::admission`]).
     pub pending: Arc<AtomicUsize>,

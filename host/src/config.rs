@@ -116,6 +116,12 @@ pub struct Config {
     /// `REALTIME_MAX_PENDING_CONNECTS`: connections opened but not yet connected to the
     /// namespace, at most (default 2048); past it new ones get HTTP 503 and retry.
     pub max_pending_connects: usize,
+    /// `REALTIME_MAX_SOCKETS`: open TCP connections at most (default: the open-file limit
+    /// minus 256); past it a new connection gets `503` and is closed.
+    pub max_sockets: Option<usize>,
+    /// `REALTIME_HEADER_TIMEOUT` (ms, default 10000): longest a request head may take to
+    /// arrive; a connection that sends nothing or trickles its head is closed.
+    pub header_timeout: Duration,
     /// `REALTIME_RATE_LIMIT` new connections per minute per IP (default 100, 0 disables).
     pub connection_rate_per_minute: u32,
     /// `REALTIME_PING_INTERVAL` (ms, default 25000).
@@ -383,6 +389,11 @@ impl Config {
             database_url: database_url(&v)?,
             max_connections: v.positive("REALTIME_MAX_CONNECTIONS", 10_000usize)?,
             max_pending_connects: v.positive("REALTIME_MAX_PENDING_CONNECTS", 2048usize)?,
+            max_sockets: match v.raw("REALTIME_MAX_SOCKETS") {
+                None => None,
+                Some(_) => Some(v.positive("REALTIME_MAX_SOCKETS", 1usize)?),
+            },
+            header_timeout: v.millis("REALTIME_HEADER_TIMEOUT", 10_000)?,
             connection_rate_per_minute: v.num("REALTIME_RATE_LIMIT", 100u32)?,
             ping_interval: v.millis("REALTIME_PING_INTERVAL", 25_000)?,
             ping_timeout: v.millis("REALTIME_PING_TIMEOUT", 60_000)?,

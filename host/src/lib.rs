@@ -32,6 +32,8 @@ pub mod dedupe;
 pub mod error;
 pub mod extensions;
 pub mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

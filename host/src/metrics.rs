@@ -70,6 +70,10 @@ pub struct Metrics {
     pub connections_active: Gauge,
     /// Live authenticated connections.
     pub connections_authenticated: Gauge,
+    /// Open TCP connections (set at scrape time).
+    pub sockets_open: Gauge,
+    /// Engine sessions not yet connected to the namespace (set at scrape time).
+    pub connections_pending: Gauge,
     /// Client events handled, by event.
     pub events: Family<EventLabel, Counter>,
     /// Errors answered, by code.
@@ -187,6 +191,8 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_active: Gauge::default(),
             connections_authenticated: Gauge::default(),
+            sockets_open: Gauge::default(),
+            connections_pending: Gauge::default(),
             events: Family::default(),
             errors: Family::default(),
             event_seconds: Family::new_with_constructor(|| {
@@ -241,6 +247,16 @@ impl Metrics {
             "connections_authenticated",
             "Live authenticated connections on this instance",
             m.connections_authenticated.clone(),
+        );
+        registry.register(
+            "sockets_open",
+            "Open TCP connections (Socket.IO, polling, HTTP)",
+            m.sockets_open.clone(),
+        );
+        registry.register(
+            "connections_pending",
+            "Engine sessions opened and not yet connected to the namespace",
+            m.connections_pending.clone(),
         );
         registry.register("events", "Client events handled", m.events.clone());
         registry.register("errors", "Errors answered, by code", m.errors.clone());

@@ -172,8 +172,10 @@ pub async fn run(
             crate::dedupe::DEDUPE_TTL,
         ),
         ip_limiter: App::ip_limiter(config.connection_rate_per_minute),
+        handshake_limiter: App::ip_limiter(config.connection_rate_per_minute.saturating_mul(2)),
         slots: Default::default(),
         pending: Default::default(),
+        sockets: Default::default(),
         draining: CancellationToken::new(),
         node_id,
         live: Default::default(),
@@ -210,14 +212,22 @@ pub async fn run(
         ));
     let addr = listener.local_addr()?;
     let http_stop = CancellationToken::new();
-    let listener = transport::GuardedListener::new(listener, config.write_timeout);
-    let server = axum::serve(
+    let limits = transport::serve::Limits {
+        max_sockets: config
+            .max_sockets
+            .unwrap_or_else(transport::serve::default_max_sockets),
+        header_timeout: config.header_timeout,
+        write_timeout: config.write_timeout,
+    };
+    let server_task = tokio::spawn(transport::serve::serve(
         listener,
-        router.into_make_service_with_connect_info::<transport::PeerAddr>(),
-    )
-    .with_graceful_shutdown(http_stop.clone().cancelled_owned());
-    let server_task = tokio::spawn(async move { server.await });
-    tracing::info!(%addr, db = app.store.kind(), "nself-realtime listening");
+        router,
+        limits,
+        app.sockets.clone(),
+        app.metrics.clone(),
+        http_stop.clone(),
+    ));
+    tracing::info!(%addr, db = app.store.kind(), max_sockets = limits.max_sockets, "nself-realtime listening");
 
     shutdown.cancelled().await;
     let deadline = Instant::now() + config.shutdown_timeout;
@@ -286,10 +296,11 @@ pub async fn run(
     }
     cluster_stop.cancel();
     http_stop.cancel();
-    match tokio::time::timeout(left(deadline).max(Duration::from_millis(100)), server_task).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
-        Err(_) => tracing::warn!("http server did not stop in time"),
-        _ => {}
+    if tokio::time::timeout(left(deadline).max(Duration::from_millis(100)), server_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("http server did not stop in time");
     }
     tracing::info!("shutdown complete");
     Ok(())

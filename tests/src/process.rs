@@ -7,7 +7,8 @@ use std::sync::OnceLock;
 
 /// The server binary: `NSELF_REALTIME_TEST_BIN` when set (the test command sets it to the
 /// binary its workspace build makes), else the debug binary next to the test executable
-/// (`target/debug/nself-realtime`), brought up to date with `cargo build` on first use.
+/// (`target/debug/nself-realtime`), brought up to date with `cargo build --workspace --bins`
+/// on first use.
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -29,19 +30,14 @@ pub fn binary() -> PathBuf {
             .to_path_buf();
         let bin = dir.join("nself-realtime");
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "nself-realtime",
-                "--bin",
-                "nself-realtime",
-            ])
+            // The whole workspace (as the test build resolves its features), so that this
+            // build and the test build do not rebuild each other.
+            .args(["build", "-q", "--workspace", "--bins"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .env("CARGO_TARGET_DIR", dir.parent().expect("target dir parent"))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build -p nself-realtime failed");
+        assert!(status.success(), "cargo build --workspace --bins failed");
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
     })

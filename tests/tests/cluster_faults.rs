@@ -914,4 +914,16 @@ async fn sigkill_with_presence_scope_rooms() {
         "SIGKILL, scope rooms: roomy offline {:?} after the kill",
         killed.elapsed()
     );
+    // The crash cleanup says the user left the room too (the dead instance could not).
+    let left = obs
+        .collect("user:left", ms(0))
+        .await
+        .into_iter()
+        .chain(
+            obs.next_event_where("user:left", ms(2000), |v: &Value| v["userId"] == "roomy")
+                .await,
+        )
+        .find(|v| v["userId"] == "roomy")
+        .unwrap_or_else(|| panic!("user:left for roomy after the kill"));
+    assert_eq!(left, json!({"roomName": "general", "userId": "roomy"}));
 }

@@ -7,7 +7,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use nself::realtime::host::{Host, Level};
-pub use nself::realtime::types::{Descriptor, Event, Identity, RoomInfo, Verdict};
+pub use nself::realtime::types::{Descriptor, Event, Identity, Rejection, RoomInfo, Verdict};
 
 /// The exported interface a module must provide, with the version this host speaks.
 pub const POLICY_EXPORT: &str = "nself:realtime/policy@0.1.0";

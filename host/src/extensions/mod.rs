@@ -11,7 +11,7 @@
 //! | `kv.rs` | the per-module key/value store |
 //! | `sidecar.rs` | `NAME.toml` settings |
 
-mod bindings;
+pub(crate) mod bindings;
 mod engine;
 pub mod kv;
 mod registry;
@@ -304,6 +304,19 @@ fn valid_code(c: &str) -> bool {
         && c.len() <= 64
         && c.bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// [`check_verdict`] for the fuzz targets: the rewritten payload of a `modify`.
+#[doc(hidden)]
+pub fn check_verdict_for_fuzzing(
+    v: Verdict,
+    module: &str,
+    max_payload: usize,
+) -> Result<Option<Value>, String> {
+    match check_verdict(v, module, max_payload)? {
+        Checked::Modify(_, value) => Ok(Some(value)),
+        Checked::Allow | Checked::Reject(_) => Ok(None),
+    }
 }
 
 fn check_verdict(v: Verdict, module: &str, max_payload: usize) -> Result<Checked, String> {

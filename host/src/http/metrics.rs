@@ -46,6 +46,10 @@ pub async fn metrics(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let presence = app.presence.counts();
+    let sockets = app.sockets.load(Ordering::Relaxed) as i64;
+    let pending = app.pending.load(Ordering::Relaxed) as i64;
+    app.metrics.sockets_open.set(sockets);
+    app.metrics.connections_pending.set(pending);
     if wants_prometheus(&headers, &query).unwrap_or(false) {
         let m = &app.metrics;
         for (status, n) in [
@@ -89,6 +93,8 @@ pub async fn metrics(
             "active": active,
             "authenticated": authenticated,
             "anonymous": active - authenticated,
+            "sockets": sockets,
+            "pending": pending,
         },
         "rooms": { "total": rooms_total, "active": rooms_active },
         "presence": {

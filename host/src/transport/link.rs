@@ -260,6 +260,13 @@ async fn run<A: Adapter>(
         }
     };
     Box::pin(pipeline::on_disconnect(&app, &session, reason)).await;
+    if reason == "client namespace disconnect" {
+        // The client left the only namespace: its engine session has nothing left to carry,
+        // yet would live on as long as it answers pings. Its connection ends here.
+        if let Some(kill) = socket.req_parts().extensions.get::<super::KillSwitch>() {
+            kill.kill();
+        }
+    }
     app.metrics.connections_active.dec();
     if authed {
         app.metrics.connections_authenticated.dec();

@@ -3,9 +3,10 @@
 
 mod admit;
 mod link;
+pub mod serve;
 mod stall;
 
-pub use stall::{GuardedListener, PeerAddr};
+pub use stall::{KillSwitch, PeerAddr};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -279,6 +280,36 @@ pub async fn admission(
 ) -> Response {
     if !opens_session(&req) {
         return next.run(req).await;
+    }
+    // Handshakes count against the peer's rate too (at twice the connection rate, so a
+    // client over the connection rate still gets its clear `Too many connections`).
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0.ip());
+    if let (Some(limiter), Some(ip)) = (&app.handshake_limiter, peer)
+        && limiter.check_key(&ip).is_err()
+    {
+        app.metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "handshake_rate",
+            })
+            .inc();
+        let body =
+            serde_json::json!({ "code": "RATE_LIMIT_EXCEEDED", "message": "Too many connections" });
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (header::RETRY_AFTER, HeaderValue::from_static("60")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
+            ],
+            body.to_string(),
+        )
+            .into_response();
     }
     let busy =
         app.pending.load(std::sync::atomic::Ordering::Acquire) >= app.config.max_pending_connects;

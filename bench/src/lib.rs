@@ -4,6 +4,7 @@
 //! task per connection, frames parsed in place, no JSON parsing on the hot path) so that it
 //! stays lean while it shares the machine with the server it measures.
 
+pub mod churn;
 pub mod common;
 pub mod connections;
 pub mod hist;

@@ -1,6 +1,7 @@
 //! `realtime-bench`: the load generator's command line.
 
 use clap::{Parser, Subcommand};
+use nself_realtime_bench::churn::{self, ChurnOpts};
 use nself_realtime_bench::connections::{self, ConnOpts};
 use nself_realtime_bench::load::{self, Kind, LoadOpts};
 use nself_realtime_bench::storm::{self, StormOpts};
@@ -38,6 +39,9 @@ enum Command {
     /// the server) every client reconnects with the JS client's backoff and rejoins (time
     /// until all are back, failures).
     Herd(StormOpts),
+    /// Steady turnover for soak runs: virtual users connect, join, send, leave and disconnect
+    /// in a loop until the duration ends.
+    Churn(ChurnOpts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Command::Join(o) => load::main(Kind::Join, o, cli.json).await,
             Command::Storm(o) => storm::storm(o, cli.json).await,
             Command::Herd(o) => storm::herd(o, cli.json).await,
+            Command::Churn(o) => churn::main(o, cli.json).await,
         }
     })
 }

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub sockets_open: Gauge,
     /// Engine sessions not yet connected to the namespace (set at scrape time).
     pub connections_pending: Gauge,
+    /// Tasks alive in the runtime (set at scrape time).
+    pub runtime_tasks: Gauge,
     /// Client events handled, by event.
     pub events: Family<EventLabel, Counter>,
     /// Errors answered, by code.
@@ -193,6 +195,7 @@ impl Metrics {
             connections_authenticated: Gauge::default(),
             sockets_open: Gauge::default(),
             connections_pending: Gauge::default(),
+            runtime_tasks: Gauge::default(),
             events: Family::default(),
             errors: Family::default(),
             event_seconds: Family::new_with_constructor(|| {
@@ -257,6 +260,11 @@ impl Metrics {
             "connections_pending",
             "Engine sessions opened and not yet connected to the namespace",
             m.connections_pending.clone(),
+        );
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive in the server's async runtime",
+            m.runtime_tasks.clone(),
         );
         registry.register("events", "Client events handled", m.events.clone());
         registry.register("errors", "Errors answered, by code", m.errors.clone());

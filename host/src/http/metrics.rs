@@ -50,6 +50,9 @@ pub async fn metrics(
     let pending = app.pending.load(Ordering::Relaxed) as i64;
     app.metrics.sockets_open.set(sockets);
     app.metrics.connections_pending.set(pending);
+    app.metrics
+        .runtime_tasks
+        .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as i64);
     if wants_prometheus(&headers, &query).unwrap_or(false) {
         let m = &app.metrics;
         for (status, n) in [

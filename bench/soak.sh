@@ -47,7 +47,7 @@ bench_bin="${BENCH_BIN:-$target_dir/release/realtime-bench}"
 if [ -z "${SERVER_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
   (cd "$root" && cargo build --release -q -p nself-realtime -p nself-realtime-bench)
 fi
-for m in sanitizer profanity room-policy rate-limiter; do
+for m in sanitizer profanity room-policy rate-limiter dist/allow-all; do
   [ -f "$root/plugins/$m.wasm" ] || { "$root/scripts/build-plugins" -q >/dev/null; break; }
 done
 plugins="$scratch/plugins"
@@ -98,13 +98,13 @@ while kill -0 "$gen" 2>/dev/null; do
   if ((now >= next_reload)); then
     reloads=$((reloads + 1))
     # Alternately: the limiter's sidecar rewritten (a reload of that module), and a fifth
-    # module added or removed.
+    # module (a fixture that allows everything) added or removed.
     if ((reloads % 2 == 1)); then
       printf 'config = %s\n' "'{\"limit\": $((1000000 + reloads)), \"windowMs\": 1000}'" >"$plugins/rate-limiter.toml"
-    elif [ -f "$plugins/extra.wasm" ]; then
-      rm -f "$plugins/extra.wasm"
+    elif [ -f "$plugins/allow-all.wasm" ]; then
+      rm -f "$plugins/allow-all.wasm"
     else
-      cp "$plugins/profanity.wasm" "$plugins/extra.wasm"
+      cp "$root/plugins/dist/allow-all.wasm" "$plugins/allow-all.wasm"
     fi
     next_reload=$((next_reload + RELOAD_EVERY))
   fi

@@ -86,6 +86,30 @@ fn code_of(ack: &str) -> Option<String> {
     )
 }
 
+/// Emits with an ack; true when it was `success: true` (failures are tallied).
+async fn ack(
+    conn: &mut crate::ws::Conn,
+    tally: &Tally,
+    timeout: Duration,
+    id: u64,
+    event: &'static str,
+    payload: String,
+) -> bool {
+    match common::emit_ack(conn, id, event, &payload, timeout).await {
+        Ok(a) => match code_of(&a) {
+            None => true,
+            Some(code) => {
+                tally.fail(code, format!("{event}: {a}"));
+                false
+            }
+        },
+        Err(e) => {
+            tally.fail("TIMEOUT".into(), format!("{event}: {e:#}"));
+            false
+        }
+    }
+}
+
 async fn session(opts: &ChurnOpts, targets: &[crate::ws::Target], i: usize, tally: &Tally) {
     let mut conn = match common::connect(&opts.client, targets, i).await {
         Ok(c) => c,
@@ -93,26 +117,17 @@ async fn session(opts: &ChurnOpts, targets: &[crate::ws::Target], i: usize, tall
     };
     let room = format!("{}{}", opts.room_prefix, i % opts.rooms.max(1));
     let timeout = Duration::from_secs(10);
-    let mut ack = |conn: &mut crate::ws::Conn, id: u64, event: &'static str, payload: String| {
-        let tally = &*tally;
-        async move {
-            match common::emit_ack(conn, id, event, &payload, timeout).await {
-                Ok(a) => match code_of(&a) {
-                    None => true,
-                    Some(code) => {
-                        tally.fail(code, format!("{event}: {a}"));
-                        false
-                    }
-                },
-                Err(e) => {
-                    tally.fail("TIMEOUT".into(), format!("{event}: {e:#}"));
-                    false
-                }
-            }
-        }
-    };
     let room_payload = format!("{{\"roomName\":\"{room}\"}}");
-    if !ack(&mut conn, 1, "room:join", room_payload.clone()).await {
+    if !ack(
+        &mut conn,
+        tally,
+        timeout,
+        1,
+        "room:join",
+        room_payload.clone(),
+    )
+    .await
+    {
         conn.close().await;
         return;
     }
@@ -124,7 +139,16 @@ async fn session(opts: &ChurnOpts, targets: &[crate::ws::Target], i: usize, tall
             "{{\"roomName\":\"{room}\",\"content\":\"churn {i} {m}\",\"clientMessageId\":\"c-{i}-{m}-{}\"}}",
             crate::common::now_us()
         );
-        if ack(&mut conn, 10 + m as u64, "message:send", payload).await {
+        if ack(
+            &mut conn,
+            tally,
+            timeout,
+            10 + m as u64,
+            "message:send",
+            payload,
+        )
+        .await
+        {
             tally.messages.fetch_add(1, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(opts.interval_ms)).await;
@@ -132,7 +156,7 @@ async fn session(opts: &ChurnOpts, targets: &[crate::ws::Target], i: usize, tall
     let _ = conn
         .send_text(format!("42[\"typing:stop\",{room_payload}]").as_bytes())
         .await;
-    ack(&mut conn, 2, "room:leave", room_payload).await;
+    ack(&mut conn, tally, timeout, 2, "room:leave", room_payload).await;
     conn.close().await;
     tally.sessions.fetch_add(1, Ordering::Relaxed);
 }

@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use nself_realtime::auth::Identity;
-use nself_realtime::extensions::kv::MemoryKv;
-use nself_realtime::extensions::{ChainResult, Extensions, PolicyIdentity, PolicyRoom, Settings};
 use nself_realtime::metrics::Metrics;
+use nself_realtime::policy::kv::MemoryKv;
+use nself_realtime::policy::{ChainResult, Policies, PolicyIdentity, PolicyRoom, Settings};
 use serde_json::json;
 
 fn dist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist")
 }
 
-fn chain(modules: &[&str]) -> (tempfile::TempDir, Arc<Extensions>) {
+fn chain(modules: &[&str]) -> (tempfile::TempDir, Arc<Policies>) {
     let dir = tempfile::tempdir().expect("temp dir");
     for m in modules {
         let src = dist().join(format!("{m}.wasm"));
@@ -35,7 +35,7 @@ fn chain(modules: &[&str]) -> (tempfile::TempDir, Arc<Extensions>) {
     .expect("sidecar");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let ext = rt
-        .block_on(Extensions::start(
+        .block_on(Policies::start(
             Settings {
                 dir: dir.path().to_path_buf(),
                 cache_dir: None,

@@ -12,14 +12,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::dedupe::Claims;
 use crate::dedupe::Dedupe;
-use crate::extensions::Extensions;
 use crate::fanout::Fanout;
+use crate::fanout::RoomSockets;
 use crate::metrics::Metrics;
-use crate::presence::PresenceManager;
+use crate::policy::Policies;
+use crate::presence::Presence;
 use crate::store::Store;
 use crate::store::cache::Directory;
 use crate::store::writer::Writer;
+use crate::transport::rate::ConnectionRate;
 use crate::typing::TypingTracker;
 
 /// Shared state of one server.
@@ -37,24 +40,30 @@ pub struct App {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Presence state.
-    pub presence: Arc<dyn PresenceManager>,
+    pub presence: Presence,
     /// Typing state.
     pub typing: Arc<dyn TypingTracker>,
     /// Broadcasts.
     pub fanout: Arc<dyn Fanout>,
+    /// Which rooms users have sockets in on the other instances.
+    pub room_sockets: Arc<dyn RoomSockets>,
+    /// `clientMessageId` claims across instances.
+    pub claims: Arc<dyn Claims>,
     /// Scale-out over Redis (None: a single instance).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Policy modules (None when `REALTIME_ENABLE_PLUGINS=false`).
-    pub extensions: Option<Arc<Extensions>>,
+    pub policies: Option<Arc<Policies>>,
     /// `clientMessageId` memory.
     pub dedupe: Dedupe,
-    /// New connections per minute per IP (None when disabled).
-    pub ip_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// New connections per minute per IP.
+    pub connection_rate: Arc<dyn ConnectionRate>,
     /// Engine handshakes per minute per IP: twice the connection rate, so that only handshakes
     /// that never become connections are cut off here (None when disabled).
     pub handshake_limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     /// Connection slots in use (admitted, not yet cleaned up).
     pub slots: AtomicUsize,
+    /// Every socket's link task: a drain waits for them.
+    pub links: tokio_util::task::TaskTracker,
     /// Open TCP connections (see [`crate::transport::serve`]).
     pub sockets: Arc<AtomicUsize>,
     /// Engine sessions opened and not yet connected to the namespace (see
@@ -77,7 +86,7 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the per-IP connection limiter of `REALTIME_RATE_LIMIT` (0 disables it).
+    /// A per-IP limiter of `per_minute` (0 disables it).
     pub fn ip_limiter(per_minute: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
         NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
     }

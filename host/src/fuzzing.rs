@@ -72,7 +72,7 @@ pub fn claims(bytes: &[u8]) {
 /// A policy module's verdict (`tag` picks allow, modify or reject) as the host checks it,
 /// and a rewrite validated as the request it claims to be.
 pub fn verdict(tag: u8, text: &str, message: &str) {
-    use crate::extensions::bindings::{Rejection, Verdict};
+    use crate::policy::bindings::{Rejection, Verdict};
     let v = match tag % 3 {
         0 => Verdict::Allow,
         1 => Verdict::Modify(text.to_string()),
@@ -81,7 +81,7 @@ pub fn verdict(tag: u8, text: &str, message: &str) {
             message: message.to_string(),
         }),
     };
-    if let Ok(Some(rewritten)) = crate::extensions::check_verdict_for_fuzzing(v, "fuzz", 1 << 20) {
+    if let Ok(Some(rewritten)) = crate::policy::check_verdict_for_fuzzing(v, "fuzz", 1 << 20) {
         for kind in EventKind::ALL {
             let _ = payload::parse(kind, &rewritten, LIMITS);
         }

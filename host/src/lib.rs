@@ -6,22 +6,27 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | environment (+ `.env`) -> typed [`config::Config`]; errors name the variable |
-//! | [`server`] | `run(config, listener, shutdown)`: state, background tasks, serve, drain |
+//! | [`server`] | `run(config, listener, shutdown)`: what starts, in order, and how it stops |
 //! | [`app`] | [`app::App`], the shared state of one server |
 //! | [`auth`] | token -> [`auth::Identity`] (pure) |
-//! | [`transport`] | socketioxide setup, connect middleware, per-socket link (ordered inbox) |
+//! | [`transport`] | the accept loop and its limits, socketioxide setup, admission, connect middleware, per-socket link (ordered inbox), per-IP connection rate |
 //! | [`pipeline`] | the fixed stage order every client event goes through, and its handlers |
 //! | [`rooms`] | room name syntax and access rules (pure) |
-//! | [`presence`] | presence trait + in-memory implementation |
-//! | [`typing`] | typing trait + in-memory implementation |
-//! | [`extensions`] | WebAssembly policy modules: engine, registry, hot reload, chain |
-//! | [`fanout`] | broadcast trait over the Socket.IO adapter |
-//! | [`store`] | store trait, SQLite backend, write-behind batching writer |
-//! | [`dedupe`] | `clientMessageId` memory |
+//! | [`presence`] | presence state (memory, Redis) and its announcement |
+//! | [`typing`] | typing entries (memory, Redis) |
+//! | [`policy`] | WebAssembly policy modules: engine, registry, hot reload, chain, key/value store |
+//! | [`fanout`] | broadcasts over the Socket.IO adapter; room sockets across instances |
+//! | [`store`] | store trait, SQLite and PostgreSQL backends, write-behind writer, the directory (rooms, memberships, counts in memory) |
+//! | [`dedupe`] | `clientMessageId` memory and claims across instances |
+//! | [`cluster`] | scale-out over Redis: the connection, the up/down monitor, node leases, the pub/sub driver, the scripts |
+//! | [`maintenance`] | background work: janitor, leases and crash cleanup, Redis recovery |
 //! | [`metrics`] | Prometheus registry of the server |
 //! | [`http`] | `/health*`, `/metrics` |
 //! | [`cli`] | subcommands and their table output |
 //! | [`error`] | the `{code, message, details?}` every failed event ends in |
+//! | [`util`] | time formats, constant-time comparison |
+
+#![warn(missing_docs)]
 
 pub mod app;
 pub mod auth;
@@ -30,13 +35,14 @@ pub mod cluster;
 pub mod config;
 pub mod dedupe;
 pub mod error;
-pub mod extensions;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod presence;
 pub mod rooms;
 pub mod server;

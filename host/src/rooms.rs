@@ -3,7 +3,7 @@
 
 use crate::auth::Identity;
 use crate::error::{EventError, code};
-use crate::store::{Member, Room, RoomType, Visibility};
+use crate::store::{Member, Role, Room, RoomType, Visibility};
 
 /// Longest room name.
 pub const MAX_ROOM_NAME: usize = 255;
@@ -39,7 +39,7 @@ pub const USER_ROOM_PREFIX: &str = "#user:";
 
 /// Whether `role` may send in broadcast rooms.
 fn is_staff(member: Option<&Member>) -> bool {
-    member.is_some_and(|m| m.role == "admin" || m.role == "moderator")
+    member.is_some_and(|m| matches!(m.role, Role::Admin | Role::Moderator))
 }
 
 /// May this identity join the room? `member_count` is the persistent member count.
@@ -106,7 +106,7 @@ pub fn check_send(room: &Room, member: Option<&Member>) -> Result<(), EventError
 pub fn leave_deletes_membership(room: &Room, member: Option<&Member>) -> bool {
     let open_room = room.visibility == Visibility::Public
         && matches!(room.room_type, RoomType::Channel | RoomType::Broadcast);
-    open_room && member.is_some_and(|m| m.role == "member" && !m.is_muted && !m.is_banned)
+    open_room && member.is_some_and(|m| m.role == Role::Member && !m.is_muted && !m.is_banned)
 }
 
 #[cfg(test)]
@@ -132,7 +132,7 @@ mod tests {
     fn member(role: &str, muted: bool, banned: bool) -> Member {
         Member {
             user_id: "u".into(),
-            role: role.into(),
+            role: role.parse().expect("test role"),
             is_muted: muted,
             is_banned: banned,
         }

@@ -260,7 +260,9 @@ async fn anonymous_mode_connects_without_token() {
         .await
         .expect("connected");
     assert_eq!(connected["socketId"], json!(anon.sid()));
-    anon.expect_none("authenticated", ms(300)).await;
+    anon.sync().await;
+    anon.expect_none("authenticated", std::time::Duration::ZERO)
+        .await;
     // Anonymous users may join public rooms.
     let ack = anon
         .emit_ack("room:join", json!({"roomName": "general"}), ms(5000))

@@ -412,7 +412,7 @@ async fn bulk_member_counts_carry_their_snapshot() {
         unreachable!()
     };
     assert_eq!(op, MemberOp::Insert);
-    assert_eq!(member.map(|m| m.role), Some("admin".to_string()));
+    assert_eq!(member.map(|m| m.role.to_string()).as_deref(), Some("admin"));
     assert_eq!(origin, None, "a CLI change has no origin");
     assert!(matches!(position, Position::Tx(_)), "{position:?}");
     assert!(

@@ -41,6 +41,55 @@ async fn sanitized_content_arrives_sanitized() {
     assert!(s["modifies"].as_u64().unwrap_or(0) >= 1, "{status}");
 }
 
+/// The audit row records the event as it was handled: after a module rewrote it, the
+/// rewritten request (here the sanitized content's length), never the raw payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_row_records_the_rewritten_event() {
+    let list = vec![file("sanitizer")];
+    let host =
+        TestHost::start_with_plugins(&[("REALTIME_LOG_EVENT_TYPES", "*")], &files(&list)).await;
+    let mut reader = host.joined("reader", "general").await;
+    let mut writer = host.joined("writer", "general").await;
+    let raw = "<script>alert(1)</script><b>hi</b>";
+    ack_ok_send(&mut writer, raw).await;
+    let delivered = reader
+        .next_event_where("message:new", ms(5000), |m| m["userId"] == "writer")
+        .await
+        .expect("message:new");
+    let sanitized = delivered["content"].as_str().expect("content").to_string();
+    assert_ne!(sanitized, raw);
+    let store = host.store().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let row = loop {
+        let rows = store.events(100).await.expect("events");
+        if let Some(r) = rows.into_iter().find(|r| r.event_type == "message:send") {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no message:send audit row"
+        );
+        tokio::time::sleep(ms(50)).await;
+    };
+    assert_eq!(
+        row.payload["contentLength"],
+        json!(sanitized.chars().count()),
+        "audited {} for the sanitized {sanitized:?} (raw {} chars)",
+        row.payload,
+        raw.chars().count()
+    );
+    assert!(
+        !row.payload.to_string().contains("hi"),
+        "no content in the audit row: {}",
+        row.payload
+    );
+}
+
+async fn ack_ok_send(c: &mut nself_realtime_tests::SioClient, content: &str) {
+    let ack = c.send_message("general", content).await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_policy_rejects_a_join_without_the_role() {
     let list = vec![file("room-policy")];

@@ -30,7 +30,9 @@ async fn start_and_stop_reach_the_others() {
     assert_eq!(users(&ev), vec!["alice"]);
     let entry = &ev["users"][0];
     assert!(entry.get("startedAt").is_some_and(|s| !s.is_null()), "{ev}");
-    a.expect_none("typing:event", ms(300)).await;
+    a.sync().await;
+    a.expect_none("typing:event", std::time::Duration::ZERO)
+        .await;
 
     // A repeated start refreshes the one entry: alice stays listed once.
     a.emit("typing:start", json!({"roomName": "general"}));
@@ -173,5 +175,7 @@ async fn typing_requires_having_joined() {
         .await
         .expect("error event for typing in a room not joined");
     assert_eq!(err["code"], json!("NOT_IN_ROOM"), "{err}");
-    b.expect_none("typing:event", ms(300)).await;
+    b.sync().await;
+    b.expect_none("typing:event", std::time::Duration::ZERO)
+        .await;
 }

@@ -2,11 +2,15 @@
 //! default (the original's formats), `--json` for scripts.
 
 mod client;
-mod output;
+mod dispatch;
+mod figures;
 mod plugins;
+mod print;
 mod rooms;
 mod status;
 mod uninstall;
+
+pub use dispatch::run_command;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -194,5 +198,3 @@ pub struct RemoveMemberArgs {
     #[arg(long)]
     pub json: bool,
 }
-
-pub use output::run_command;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::extensions::{Extensions, Settings, kv::MemoryKv};
+use crate::policy::{Policies, Settings, kv::MemoryKv};
 
 /// Prints the module table (or JSON).
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
@@ -88,8 +88,7 @@ async fn local(config: &Config) -> anyhow::Result<Vec<Value>> {
         max_payload: config.max_payload_bytes as usize,
     };
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let ext =
-        Extensions::start(settings, std::sync::Arc::new(MemoryKv::default()), metrics).await?;
+    let ext = Policies::start(settings, std::sync::Arc::new(MemoryKv::default()), metrics).await?;
     Ok(ext
         .status()
         .into_iter()

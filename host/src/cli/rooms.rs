@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::output::{outln, print_json};
+use super::print::{outln, print_json};
 use super::{AddMemberArgs, CreateRoomArgs, RemoveMemberArgs, RoomsCommand};
 use crate::rooms::validate_room_name;
 use crate::store::{NewRoom, Room, RoomType, Store};

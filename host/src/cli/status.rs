@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::client::{self, Answer};
-use super::output::{outln, print_json};
+use super::print::{outln, print_json};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -228,7 +228,9 @@ async fn store_figures(config: &Config) -> Value {
         let store = Store::connect(&config.database_url).await?;
         let stats = store.stats().await?;
         let events = store.events(10).await?;
-        anyhow::Ok(json!({"backend": store.kind(), "stats": stats, "recentEvents": events}))
+        anyhow::Ok(
+            json!({"backend": store.kind().as_str(), "stats": stats, "recentEvents": events}),
+        )
     };
     match tokio::time::timeout(Duration::from_secs(5), read).await {
         Ok(Ok(v)) => v,

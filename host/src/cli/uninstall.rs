@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde_json::json;
 use sqlx::Connection;
 
-use super::output::{outln, print_json};
+use super::print::{outln, print_json};
 use crate::config::Config;
 
 static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");

@@ -24,7 +24,7 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Link;
+use super::RedisConn;
 use crate::metrics::DirectionLabel;
 
 /// Broadcasts waiting to be published.
@@ -49,7 +49,7 @@ impl fmt::Display for DriverError {
 impl std::error::Error for DriverError {}
 
 struct Inner {
-    link: Arc<Link>,
+    redis: Arc<RedisConn>,
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
     sink: Mutex<Option<PubSubSink>>,
     connected: AtomicBool,
@@ -64,10 +64,10 @@ pub struct PubSubDriver {
 
 impl PubSubDriver {
     /// Starts the publisher and the subscriber supervisor; both stop with `stop`.
-    pub fn start(link: Arc<Link>, stop: CancellationToken) -> PubSubDriver {
+    pub fn start(redis: Arc<RedisConn>, stop: CancellationToken) -> PubSubDriver {
         let (out, rx) = mpsc::channel(PUBLISH_QUEUE);
         let inner = Arc::new(Inner {
-            link,
+            redis,
             handlers: RwLock::new(HashMap::new()),
             sink: Mutex::new(None),
             connected: AtomicBool::new(false),
@@ -86,7 +86,7 @@ impl PubSubDriver {
 
 impl Inner {
     fn dropped(&self, direction: &'static str, n: u64) {
-        self.link
+        self.redis
             .metrics
             .redis_dropped
             .get_or_create(&DirectionLabel { direction })
@@ -166,7 +166,7 @@ impl Driver for PubSubDriver {
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
         let counts: Option<(String, u16)> = self
             .inner
-            .link
+            .redis
             .call(async |c| {
                 redis::cmd("PUBSUB")
                     .arg("NUMSUB")
@@ -196,7 +196,7 @@ async fn publisher(
             return;
         }
         let n = batch.len() as u64;
-        if !inner.link.up() {
+        if !inner.redis.up() {
             batch.clear();
             inner.dropped("out", n);
             continue;
@@ -205,10 +205,10 @@ async fn publisher(
         for (chan, payload) in batch.drain(..) {
             pipe.cmd("PUBLISH").arg(chan).arg(payload).ignore();
         }
-        let mut conn = inner.link.cmd.clone();
+        let mut conn = inner.redis.cmd.clone();
         match tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {
-                inner.link.metrics.redis_published.inc_by(n);
+                inner.redis.metrics.redis_published.inc_by(n);
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, lost = n, "publishing to redis failed");
@@ -224,7 +224,7 @@ async fn publisher(
 
 /// Subscribes `channels` on a fresh connection; None when Redis does not answer.
 async fn connect(inner: &Inner) -> Option<(PubSubSink, redis::aio::PubSubStream)> {
-    let pubsub = tokio::time::timeout(IO_TIMEOUT, inner.link.client.get_async_pubsub())
+    let pubsub = tokio::time::timeout(IO_TIMEOUT, inner.redis.client.get_async_pubsub())
         .await
         .ok()?
         .map_err(|e| tracing::debug!(error = %e, "redis pub/sub connect failed"))
@@ -248,7 +248,7 @@ async fn missing(inner: &Inner) -> Option<Vec<String>> {
         return Some(Vec::new());
     }
     let counts: Vec<redis::Value> = inner
-        .link
+        .redis
         .call(async |c| {
             redis::cmd("PUBSUB")
                 .arg("NUMSUB")
@@ -281,7 +281,7 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
         if let Some((mut sink, mut stream)) = conn {
             inner.set_sink(Some(sink.clone()));
             if ever {
-                inner.link.metrics.redis_reconnects.inc();
+                inner.redis.metrics.redis_reconnects.inc();
                 tracing::warn!("redis pub/sub reconnected and resubscribed");
             }
             ever = true;

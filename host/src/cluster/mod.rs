@@ -14,12 +14,8 @@
 //! alone) and re-asserts its live sockets when Redis is back.
 
 pub mod driver;
-pub mod kv;
-mod lua;
-pub mod presence;
-pub mod typing;
+pub(crate) mod lua;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,7 +26,6 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use crate::dedupe::Sent;
 use crate::metrics::Metrics;
 
 /// Longest wait for one Redis call on the event path.
@@ -39,7 +34,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 const PING_EVERY: Duration = Duration::from_millis(500);
 
 /// The Redis connection shared by the state implementations and the driver.
-pub struct Link {
+pub struct RedisConn {
     client: redis::Client,
     cmd: ConnectionManager,
     up: AtomicBool,
@@ -50,7 +45,7 @@ pub struct Link {
     metrics: Arc<Metrics>,
 }
 
-impl Link {
+impl RedisConn {
     /// Whether Redis answered the last check.
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Acquire)
@@ -114,7 +109,8 @@ impl Link {
         }
     }
 
-    fn key(&self, parts: &[&str]) -> String {
+    /// A key under the prefix: `<prefix>:<part>:<part>…`.
+    pub(crate) fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
         for p in parts {
             k.push(':');
@@ -178,15 +174,9 @@ pub struct Gone {
     pub rooms: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct Names {
-    #[serde(default, deserialize_with = "de_list")]
-    list: Vec<String>,
-}
-
 /// Scale-out state and housekeeping of one instance.
 pub struct Cluster {
-    link: Arc<Link>,
+    redis: Arc<RedisConn>,
     driver: driver::PubSubDriver,
     lease: Duration,
     /// Whether this instance's state in Redis is re-asserted since Redis last came back.
@@ -217,7 +207,7 @@ impl Cluster {
         let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
         metrics.redis_up.set(0);
-        let link = Arc::new(Link {
+        let redis = Arc::new(RedisConn {
             client,
             cmd,
             up: AtomicBool::new(false),
@@ -225,9 +215,9 @@ impl Cluster {
             node: node.to_string(),
             metrics,
         });
-        let driver = driver::PubSubDriver::start(link.clone(), stop);
+        let driver = driver::PubSubDriver::start(redis.clone(), stop);
         Ok(Arc::new(Cluster {
-            link,
+            redis,
             driver,
             lease,
             synced: AtomicBool::new(false),
@@ -242,17 +232,17 @@ impl Cluster {
     /// Whether both the command and the subscriber connections are up and this instance's
     /// state is in Redis.
     pub fn healthy(&self) -> bool {
-        self.link.up() && self.driver.connected() && self.synced.load(Ordering::Acquire)
+        self.redis.up() && self.driver.connected() && self.synced.load(Ordering::Acquire)
     }
 
     /// The shared connection.
-    pub fn link(&self) -> &Arc<Link> {
-        &self.link
+    pub fn redis(&self) -> &Arc<RedisConn> {
+        &self.redis
     }
 
     /// Whether Redis answers.
     pub fn up(&self) -> bool {
-        self.link.up()
+        self.redis.up()
     }
 
     /// Pings Redis until `stop`. Each time Redis comes back (and at the first successful
@@ -271,18 +261,18 @@ impl Cluster {
                 _ = interval.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let mut conn = self.link.cmd.clone();
+            let mut conn = self.redis.cmd.clone();
             let ping = tokio::time::timeout(
                 Duration::from_secs(1),
                 redis::cmd("PING").query_async::<String>(&mut conn),
             )
             .await;
             let ok = matches!(ping, Ok(Ok(_)));
-            let was = self.link.set_up(ok);
+            let was = self.redis.set_up(ok);
             if ok && !was {
                 if ever_up {
                     tracing::warn!("redis is back: re-asserting this instance's state");
-                    self.link.metrics.redis_reconnects.inc();
+                    self.redis.metrics.redis_reconnects.inc();
                 } else {
                     tracing::info!("redis connected");
                 }
@@ -303,12 +293,12 @@ impl Cluster {
     /// reaches every instance that is back.
     pub async fn wait_peers_listening(&self, max: Duration) {
         let deadline = std::time::Instant::now() + max;
-        let channel = adapter_request_channel(&self.link.prefix);
-        let nodes = self.link.key(&["nodes"]);
+        let channel = adapter_request_channel(&self.redis.prefix);
+        let nodes = self.redis.key(&["nodes"]);
         loop {
             let since = format!("({}", now_ms());
             let counts: Option<(i64, (String, i64))> = self
-                .link
+                .redis
                 .call(async |c| {
                     redis::pipe()
                         .cmd("ZCOUNT")
@@ -345,10 +335,10 @@ impl Cluster {
     /// did not answer.
     pub async fn renew_lease(&self) -> Option<bool> {
         let until = now_ms() + self.lease.as_millis() as i64;
-        let key = self.link.key(&["nodes"]);
-        let node = self.link.node.clone();
+        let key = self.redis.key(&["nodes"]);
+        let node = self.redis.node.clone();
         let added = self
-            .link
+            .redis
             .call(async |c| {
                 redis::cmd("ZADD")
                     .arg(&key)
@@ -367,7 +357,7 @@ impl Cluster {
     pub async fn reap(&self, force: Option<&str>) -> Option<Reaping> {
         let now = now_ms().to_string();
         let r: Reaped = self
-            .link
+            .redis
             .script(&lua::REAP, &[&now, force.unwrap_or("")])
             .await?;
         if !r.nodes.is_empty() && force.is_none() {
@@ -394,99 +384,10 @@ impl Cluster {
         })
     }
 
-    /// A socket of `user` on this instance joined `room`.
-    pub async fn room_joined(&self, user: &str, room: &str) {
-        let key = self.link.key(&["node", &self.link.node, "rooms"]);
-        let field = room_field(user, room);
-        self.link
-            .call(async |c| {
-                redis::cmd("HINCRBY")
-                    .arg(&key)
-                    .arg(&field)
-                    .arg(1)
-                    .query_async::<i64>(c)
-                    .await
-            })
-            .await;
-    }
-
-    /// A socket of `user` on this instance left `rooms` (leave or disconnect). Returns the rooms
-    /// where the user has no socket left on any other instance, or None when Redis did not
-    /// answer (the caller then decides from this instance alone).
-    pub async fn rooms_left(&self, user: &str, rooms: &[String]) -> Option<Vec<String>> {
-        if rooms.is_empty() {
-            return Some(Vec::new());
-        }
-        let now = now_ms().to_string();
-        let rooms_json = serde_json::to_string(rooms).ok()?;
-        let out: Names = self
-            .link
-            .script(
-                &lua::ROOMS_LEFT,
-                &[&self.link.node, &now, user, &rooms_json],
-            )
-            .await?;
-        Some(out.list)
-    }
-
-    /// Claims a `clientMessageId` for `sent` cluster-wide: None when this is the first send (or
-    /// Redis did not answer), the earlier result when another send already claimed it.
-    pub async fn claim_message(
-        &self,
-        user: &str,
-        client_id: &str,
-        sent: &Sent,
-        ttl: Duration,
-    ) -> Option<Sent> {
-        let key = self.link.key(&["dedupe", user, client_id]);
-        let value = serde_json::json!({"m": sent.message_id, "t": sent.timestamp}).to_string();
-        let ttl = ttl.as_millis().to_string();
-        let earlier: Option<String> = self
-            .link
-            .call(async |c| {
-                lua::CLAIM
-                    .key(&key)
-                    .arg(&value)
-                    .arg(&ttl)
-                    .invoke_async(c)
-                    .await
-            })
-            .await?;
-        let v: serde_json::Value = serde_json::from_str(&earlier?).ok()?;
-        Some(Sent {
-            message_id: v["m"].as_str()?.to_string(),
-            timestamp: v["t"].as_str()?.to_string(),
-        })
-    }
-
-    /// Counts a new connection from `ip` in this minute's window; false past `per_minute`
-    /// across the cluster. True when Redis did not answer (the local limiter still applies).
-    pub async fn ip_allowed(&self, ip: IpAddr, per_minute: u32) -> bool {
-        let minute = now_ms() / 60_000;
-        let key = self.link.key(&["ip", &ip.to_string(), &minute.to_string()]);
-        let count: Option<i64> = self
-            .link
-            .call(async |c| {
-                redis::pipe()
-                    .atomic()
-                    .cmd("INCR")
-                    .arg(&key)
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(120_000)
-                    .ignore()
-                    .query_async::<(i64,)>(c)
-                    .await
-                    .map(|(n,)| n)
-            })
-            .await;
-        count.is_none_or(|n| n <= i64::from(per_minute))
-    }
-
     /// Removes this instance from the cluster at a clean stop: its users with no socket
     /// elsewhere are returned (already offline in Redis).
     pub async fn leave(&self) -> Option<Reaping> {
-        self.reap(Some(&self.link.node.clone())).await
+        self.reap(Some(&self.redis.node.clone())).await
     }
 }
 

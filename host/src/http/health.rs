@@ -32,13 +32,13 @@ pub async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
 pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
     let db_ok = app.database_answers().await && app.writer.healthy();
     let plugins = app
-        .extensions
+        .policies
         .as_ref()
         .map(|e| e.status())
         .unwrap_or_default();
     let count = |s: &str| plugins.iter().filter(|p| p.status == s).count();
     let (loaded, failed, quarantined) = (count("loaded"), count("failed"), count("quarantined"));
-    let plugins_check = if app.extensions.is_none() {
+    let plugins_check = if app.policies.is_none() {
         "disabled"
     } else if plugins.is_empty() {
         "none"
@@ -77,7 +77,7 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         },
         "plugins": { "loaded": loaded, "failed": failed, "quarantined": quarantined },
         "store": {
-            "backend": app.store.kind(),
+            "backend": app.store.kind().as_str(),
             "queued": app.metrics.store_queue_depth.get(),
             "dropped": app.metrics.store_writes_dropped.get(),
         },

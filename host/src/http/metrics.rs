@@ -45,14 +45,16 @@ pub async fn metrics(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let presence = app.presence.counts();
+    let presence = app.presence.state().counts();
     let sockets = app.sockets.load(Ordering::Relaxed) as i64;
     let pending = app.pending.load(Ordering::Relaxed) as i64;
     app.metrics.sockets_open.set(sockets);
     app.metrics.connections_pending.set(pending);
-    app.metrics
-        .runtime_tasks
-        .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as i64);
+    app.metrics.runtime_tasks.set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as i64,
+    );
     if wants_prometheus(&headers, &query).unwrap_or(false) {
         let m = &app.metrics;
         for (status, n) in [
@@ -121,11 +123,11 @@ pub async fn metrics(
 /// (what `nself-realtime plugins` shows).
 pub async fn plugins(State(app): State<Arc<App>>) -> Response {
     let list = app
-        .extensions
+        .policies
         .as_ref()
         .map(|e| e.status())
         .unwrap_or_default();
-    Json(json!({ "enabled": app.extensions.is_some(), "plugins": list })).into_response()
+    Json(json!({ "enabled": app.policies.is_some(), "plugins": list })).into_response()
 }
 
 /// The scale-out figures of the JSON form (an addition to the original's shape).

@@ -6,10 +6,9 @@ use serde_json::{Value, json};
 use super::payload::{MessageSend, Request};
 use super::{Conn, Joined, Session};
 use crate::app::App;
-use crate::config::PresenceScope;
 use crate::dedupe::Sent;
 use crate::error::{EventError, code};
-use crate::presence::{PresenceState, Status};
+
 use crate::rooms;
 use crate::store::WriteOp;
 use crate::store::cache::JoinError;
@@ -22,14 +21,16 @@ pub(super) async fn dispatch(
     conn: &dyn Conn,
     request: Request,
 ) -> Result<Option<Value>, EventError> {
+    // The user did something: an automatic `away` ends.
     if matches!(
         request,
         Request::Join { .. }
             | Request::Leave { .. }
             | Request::Send(_)
             | Request::Typing { start: true, .. }
-    ) {
-        active(app, session).await;
+    ) && let Some(user) = session.user_id()
+    {
+        app.presence.active(user).await;
     }
     match request {
         Request::Join { room } => join(app, session, conn, room).await.map(Some),
@@ -43,18 +44,13 @@ pub(super) async fn dispatch(
             .await
             .map(|_| None),
         Request::Presence { status, custom } => {
-            let user = session
-                .user_id()
-                .ok_or_else(|| {
-                    EventError::new(
-                        code::VALIDATION_ERROR,
-                        "Anonymous connections have no presence",
-                    )
-                })?
-                .to_string();
-            let state = app.presence.update(&user, status, custom).await;
-            persist_presence(app, &state);
-            broadcast_presence(app, &state, Vec::new()).await;
+            let user = session.user_id().ok_or_else(|| {
+                EventError::new(
+                    code::VALIDATION_ERROR,
+                    "Anonymous connections have no presence",
+                )
+            })?;
+            app.presence.update(user, status, custom).await;
             Ok(None)
         }
         Request::Ping => {
@@ -154,8 +150,8 @@ async fn join(
     }
     let newly = !session.joined.contains_key(&name);
     conn.join(&name);
-    if newly && let (Some(cluster), Some(u)) = (&app.cluster, session.user_id()) {
-        cluster.room_joined(u, &name).await;
+    if newly && let Some(u) = session.user_id() {
+        app.room_sockets.joined(u, &name).await;
     }
     let user_id = session.identity.user_id.clone();
     session.joined.insert(
@@ -189,8 +185,8 @@ async fn leave(
         return Err(not_in_room(app, session, &name).await);
     };
     conn.leave(&name);
-    if let (Some(cluster), Some(u)) = (&app.cluster, session.user_id()) {
-        cluster.rooms_left(u, std::slice::from_ref(&name)).await;
+    if let Some(u) = session.user_id() {
+        app.room_sockets.left(u, std::slice::from_ref(&name)).await;
     }
     if let Some(user) = session.user_id() {
         let dir = &app.directory;
@@ -289,10 +285,10 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
         };
         // Scaled out, the id is claimed cluster-wide: a retry on another instance gets the
         // first result, not a second delivery.
-        if let Some(cluster) = &app.cluster
-            && let Some(first) = cluster
-                .claim_message(user, cid, &sent, crate::dedupe::DEDUPE_TTL)
-                .await
+        if let Some(first) = app
+            .claims
+            .claim(user, cid, &sent, crate::dedupe::DEDUPE_TTL)
+            .await
         {
             app.dedupe.put(user, cid, first.clone());
             return Ok(json!({ "messageId": first.message_id, "timestamp": first.timestamp }));
@@ -353,48 +349,4 @@ async fn typing(
     };
     conn.to_others(&room, "typing:event", &update.event()).await;
     Ok(())
-}
-
-/// The user did something: an automatic `away` ends (peers are told).
-async fn active(app: &App, session: &Session) {
-    if app.config.enable_presence
-        && let Some(user) = session.user_id()
-        && let Some(state) = app.presence.touch(user, Utc::now()).await
-    {
-        persist_presence(app, &state);
-        broadcast_presence(app, &state, Vec::new()).await;
-    }
-}
-
-/// Queues the presence row of a user.
-pub(super) fn persist_presence(app: &App, state: &PresenceState) {
-    let custom = state.custom.as_ref();
-    app.writer.write(WriteOp::Presence {
-        user_id: state.user_id.clone(),
-        status: state.status.as_str().to_string(),
-        custom_status: custom.map(|c| c.text.clone()),
-        custom_emoji: custom.and_then(|c| c.emoji.clone()),
-        expires_at: custom.and_then(|c| c.expires_at),
-        connections_count: state.connections as i32,
-        at: Utc::now(),
-    });
-}
-
-/// Sends `presence:changed` to everyone, or with `REALTIME_PRESENCE_SCOPE=rooms` to the rooms
-/// the user's sockets are in (plus `extra_rooms`, e.g. those of a socket that just left).
-pub(crate) async fn broadcast_presence(app: &App, state: &PresenceState, extra_rooms: Vec<String>) {
-    let event = state.event();
-    match app.config.presence_scope {
-        PresenceScope::All => app.fanout.all("presence:changed", &event).await,
-        PresenceScope::Rooms => {
-            let mut rooms = app.fanout.user_rooms(&state.user_id);
-            rooms.extend(extra_rooms);
-            rooms.sort();
-            rooms.dedup();
-            app.fanout.rooms(rooms, "presence:changed", &event).await;
-        }
-    }
-    if state.status == Status::Offline {
-        tracing::debug!(user = %state.user_id, "user offline");
-    }
 }

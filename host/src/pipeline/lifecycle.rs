@@ -3,7 +3,6 @@
 use chrono::Utc;
 use serde_json::json;
 
-use super::handlers::{broadcast_presence, persist_presence};
 use super::{Conn, Session, audit};
 use crate::app::App;
 use crate::store::WriteOp;
@@ -51,12 +50,8 @@ pub async fn on_connect(app: &App, session: &Session, conn: &dyn Conn) {
         "connect",
         json!({ "transport": session.transport }),
     );
-    if app.config.enable_presence
-        && let Some(user) = session.user_id()
-        && let Some(state) = app.presence.connect(user).await
-    {
-        persist_presence(app, &state);
-        broadcast_presence(app, &state, Vec::new()).await;
+    if let Some(user) = session.user_id() {
+        app.presence.connected(user).await;
     }
 }
 
@@ -85,12 +80,9 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
     }
     if let Some(user) = session.user_id() {
         let rooms: Vec<String> = session.joined.keys().cloned().collect();
-        // Scaled out: rooms where the user has no socket on any instance any more (None when
-        // Redis did not answer: decided from this instance alone).
-        let gone_everywhere = match &app.cluster {
-            Some(c) => c.rooms_left(user, &rooms).await,
-            None => None,
-        };
+        // Scaled out: rooms where the user has no socket on any instance any more (None on
+        // one instance, or when Redis did not answer: decided from this instance alone).
+        let gone_everywhere = app.room_sockets.left(user, &rooms).await;
         for room in session.joined.keys() {
             let elsewhere = gone_everywhere.as_ref().is_some_and(|g| !g.contains(room));
             if !elsewhere && !app.fanout.user_in_room(user, room, &session.socket_id) {
@@ -104,12 +96,7 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
                     .await;
             }
         }
-        if app.config.enable_presence
-            && let Some(state) = app.presence.disconnect(user).await
-        {
-            persist_presence(app, &state);
-            broadcast_presence(app, &state, session.joined.keys().cloned().collect()).await;
-        }
+        app.presence.disconnected(user, rooms).await;
     }
     app.connection_closed(&session.socket_id);
     audit(app, session, "disconnect", json!({ "reason": reason }));
@@ -121,22 +108,14 @@ pub async fn on_disconnect(app: &App, session: &Session, reason: &str) {
 /// is kept for [`farewell`], sent once every socket here is done.
 async fn forget(app: &App, session: &Session, reason: &str) {
     let typing = app.typing.clear_socket(&session.socket_id).await;
-    let mut left = Vec::new();
-    if let (Some(c), Some(user)) = (&app.cluster, session.user_id()) {
+    if let Some(user) = session.user_id() {
         let rooms: Vec<String> = session.joined.keys().cloned().collect();
-        left = c.rooms_left(user, &rooms).await.unwrap_or_default();
-    }
-    let mut offline = None;
-    if app.config.enable_presence
-        && let Some(user) = session.user_id()
-        && let Some(state) = app.presence.disconnect(user).await
-    {
-        persist_presence(app, &state);
-        offline = Some(state);
-    }
-    if app.cluster.is_some()
-        && let Some(user) = session.user_id()
-    {
+        let left = app
+            .room_sockets
+            .left(user, &rooms)
+            .await
+            .unwrap_or_default();
+        let offline = app.presence.dropped(user).await;
         app.farewells
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -148,7 +127,7 @@ async fn forget(app: &App, session: &Session, reason: &str) {
                     .collect(),
                 left,
                 offline,
-                rooms: session.joined.keys().cloned().collect(),
+                rooms,
             });
     }
     app.connection_closed(&session.socket_id);
@@ -186,13 +165,7 @@ pub async fn farewell(app: &App) {
             app.fanout.room_elsewhere(room, "user:left", &event).await;
         }
         if let Some(state) = &f.offline {
-            let rooms = match app.config.presence_scope {
-                crate::config::PresenceScope::All => None,
-                crate::config::PresenceScope::Rooms => Some(f.rooms.clone()),
-            };
-            app.fanout
-                .all_elsewhere(rooms, "presence:changed", &state.event())
-                .await;
+            app.presence.farewell(state, f.rooms).await;
         }
     }
 }

@@ -27,27 +27,6 @@ use serde_json::{Value, json};
 
 pub use lifecycle::{Farewell, farewell, on_connect, on_disconnect};
 
-/// Persists and broadcasts a presence change made outside an event (custom status expiry).
-pub async fn broadcast_presence_changed(app: &App, state: &crate::presence::PresenceState) {
-    handlers::persist_presence(app, state);
-    handlers::broadcast_presence(app, state, Vec::new()).await;
-}
-
-/// Queues a user's presence row.
-pub fn persist_presence_state(app: &App, state: &crate::presence::PresenceState) {
-    handlers::persist_presence(app, state);
-}
-
-/// Broadcasts `presence:changed` for a change already made (crash cleanup, recovery) of a user
-/// whose sockets were in `rooms` (with `REALTIME_PRESENCE_SCOPE=rooms` they are who is told).
-pub async fn announce_presence_in(
-    app: &App,
-    state: &crate::presence::PresenceState,
-    rooms: Vec<String>,
-) {
-    handlers::broadcast_presence(app, state, rooms).await;
-}
-
 pub use payload::EventKind;
 
 use crate::app::App;
@@ -112,9 +91,9 @@ pub struct Session {
     /// The server decided to disconnect this socket: later events are dropped.
     pub closing: bool,
     /// The identity as policy modules see it (built on first use, reset on refresh).
-    policy_identity: Option<crate::extensions::PolicyIdentity>,
+    policy_identity: Option<crate::policy::PolicyIdentity>,
     /// The policy decisions of the event being handled (for its audit row).
-    policy_trail: Vec<crate::extensions::Decision>,
+    policy_trail: Vec<crate::policy::Decision>,
 }
 
 impl Session {
@@ -230,14 +209,8 @@ pub async fn handle(
     let disconnect =
         matches!(&result, Err(e) if e.code == code::VALIDATION_ERROR) && session.malformed();
     match result {
-        Ok(data) => {
-            audit_with(
-                app,
-                session,
-                kind.name(),
-                audit_payload(kind, &payload),
-                &trail,
-            );
+        Ok((data, audited)) => {
+            audit_with(app, session, kind.name(), audited, &trail);
             let ack = match data {
                 Some(d) => json!({ "success": true, "data": d }),
                 None => json!({ "success": true }),
@@ -267,7 +240,7 @@ pub fn record_error(
     session: &mut Session,
     event: &str,
     e: &EventError,
-    trail: &[crate::extensions::Decision],
+    trail: &[crate::policy::Decision],
 ) {
     app.metrics
         .errors
@@ -295,7 +268,7 @@ async fn run(
     conn: &dyn Conn,
     kind: EventKind,
     payload: &Value,
-) -> Result<Option<Value>, EventError> {
+) -> Result<(Option<Value>, Value), EventError> {
     // 1. parse + validate
     let limits = payload::Limits {
         max_message_length: app.config.max_message_length,
@@ -305,32 +278,16 @@ async fn run(
     // (2. the rate limit was spent by the link before anything else, see `Session::spend`.)
     let mut request = payload::parse(kind, payload, limits)?;
     // 3. policy chain: WebAssembly policy modules may reject or rewrite.
-    if let Some(ext) = &app.extensions
+    if let Some(ext) = &app.policies
         && ext.wants(kind.name())
     {
         request = policy::apply(app, ext, session, kind, payload, request, limits).await?;
     }
+    // What the audit row keeps: the request as it is handled (a module's rewrite included).
+    let audited = request.audit();
     // 4-8. access rules, state, persist, fan-out: per request.
-    handlers::dispatch(app, session, conn, request).await
-}
-
-/// What the audit log keeps of an event: never message content or tokens.
-fn audit_payload(kind: EventKind, payload: &Value) -> Value {
-    let field = |k: &str| payload.get(k).cloned().unwrap_or(Value::Null);
-    match kind {
-        EventKind::MessageSend => json!({
-            "roomName": field("roomName"),
-            "threadId": field("threadId"),
-            "clientMessageId": field("clientMessageId"),
-            "contentLength": payload.get("content").and_then(Value::as_str).map(|s| s.chars().count()),
-        }),
-        EventKind::RoomJoin | EventKind::RoomLeave => json!({"roomName": field("roomName")}),
-        EventKind::TypingStart | EventKind::TypingStop => {
-            json!({"roomName": field("roomName"), "threadId": field("threadId")})
-        }
-        EventKind::PresenceUpdate => json!({"status": field("status")}),
-        EventKind::Ping | EventKind::Pong | EventKind::AuthRefresh => json!({}),
-    }
+    let data = handlers::dispatch(app, session, conn, request).await?;
+    Ok((data, audited))
 }
 
 /// Writes an audit row when the event type is logged.
@@ -344,7 +301,7 @@ fn audit_with(
     session: &Session,
     event_type: &str,
     payload: Value,
-    trail: &[crate::extensions::Decision],
+    trail: &[crate::policy::Decision],
 ) {
     if !app.config.log_events || !app.config.log_event_types.includes(event_type) {
         return;

@@ -121,6 +121,29 @@ pub struct MessageSend {
     pub client_message_id: Option<String>,
 }
 
+impl Request {
+    /// What the audit log keeps of the request as it was handled (after any rewrite by a
+    /// policy module): never message content or tokens.
+    pub fn audit(&self) -> Value {
+        match self {
+            Request::Send(m) => serde_json::json!({
+                "roomName": m.room,
+                "threadId": m.thread,
+                "clientMessageId": m.client_message_id,
+                "contentLength": m.content.chars().count(),
+            }),
+            Request::Join { room } | Request::Leave { room } => {
+                serde_json::json!({ "roomName": room })
+            }
+            Request::Typing { room, thread, .. } => {
+                serde_json::json!({ "roomName": room, "threadId": thread })
+            }
+            Request::Presence { status, .. } => serde_json::json!({ "status": status }),
+            Request::Ping | Request::Pong { .. } | Request::Refresh { .. } => serde_json::json!({}),
+        }
+    }
+}
+
 /// Limits the parser enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

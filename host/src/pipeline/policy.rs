@@ -8,12 +8,12 @@ use super::Session;
 use super::payload::{self, EventKind, Limits, Request};
 use crate::app::App;
 use crate::error::{EventError, code};
-use crate::extensions::{ChainResult, Extensions, PolicyIdentity, PolicyRoom};
+use crate::policy::{ChainResult, Policies, PolicyIdentity, PolicyRoom};
 
 /// Runs the chain; returns the (possibly rewritten) request or the refusal.
 pub(super) async fn apply(
     app: &App,
-    ext: &Extensions,
+    ext: &Policies,
     session: &mut Session,
     kind: EventKind,
     payload: &Value,
@@ -46,7 +46,7 @@ pub(super) async fn apply(
             let module = decisions
                 .iter()
                 .rev()
-                .find(|d| d.verdict == "modify")
+                .find(|d| d.verdict == crate::policy::VerdictKind::Modify)
                 .map(|d| d.module.clone())
                 .unwrap_or_default();
             session.policy_trail = decisions;
@@ -78,7 +78,7 @@ async fn room_of(app: &App, session: &Session, request: &Request) -> Option<Poli
             name: name.clone(),
             room_type: j.room.room_type.to_string(),
             visibility: j.room.visibility.to_string(),
-            member_role: j.member.as_ref().map(|m| m.role.clone()),
+            member_role: j.member.as_ref().map(|m| m.role.to_string()),
         });
     }
     let dir = &app.directory;
@@ -88,7 +88,7 @@ async fn room_of(app: &App, session: &Session, request: &Request) -> Option<Poli
             let _ = dir.memberships(u).await;
             dir.member_now(&room.id, u)
                 .flatten()
-                .map(|m| m.role.clone())
+                .map(|m| m.role.to_string())
         }
         None => None,
     };

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::writer::WriteListener;
-use super::{Change, Member, MemberOp, Position, Room, Store, Watermark, WriteOp};
+use super::{Change, Member, MemberOp, Position, Role, Room, Store, Watermark, WriteOp};
 
 /// Users whose memberships one query loads at most.
 const LOAD_BATCH: usize = 500;
@@ -41,7 +41,7 @@ const LOAD_QUEUE: usize = 65_536;
 /// Names remembered as missing, at most (past it the list starts over).
 const MAX_MISSING: usize = 10_000;
 /// How long the memberships of a user without a socket here are kept.
-const IDLE_USER: Duration = Duration::from_secs(600);
+const IDLE_USER: Duration = Duration::from_secs(60);
 /// A committed change of ours whose announcement never came (the row existed already) stops
 /// counting after this.
 const UNANNOUNCED: Duration = Duration::from_secs(30);
@@ -72,6 +72,10 @@ pub enum JoinError<E> {
 }
 
 type Read<T> = Shared<BoxFuture<'static, Result<T, Unavailable>>>;
+/// A room read in flight, and whether a change came meanwhile (read again).
+type RoomRead = (Read<Option<Arc<Room>>>, bool);
+/// A user's load in flight, and the changes announced meanwhile (replayed on its result).
+type UserLoad = (Read<()>, Vec<(String, Option<Arc<Member>>)>);
 
 /// Rooms by name.
 #[derive(Default)]
@@ -80,7 +84,7 @@ struct Rooms {
     /// Names read and not found, with when.
     missing: HashMap<String, Instant>,
     /// Reads in flight by name; `true` once another change came meanwhile (read again).
-    reads: HashMap<String, (Read<Option<Arc<Room>>>, bool)>,
+    reads: HashMap<String, RoomRead>,
     /// Names changed while a bulk read runs (read again after it).
     bulk: Option<HashSet<String>>,
 }
@@ -92,7 +96,7 @@ struct UserEntry {
     /// The feed was lost since the load: served, and reloaded in the background.
     stale: bool,
     /// A load in flight, and the changes that arrived meanwhile (replayed on its result).
-    load: Option<(Read<()>, Vec<(String, Option<Arc<Member>>)>)>,
+    load: Option<UserLoad>,
     /// Tells the waiters of the load in flight.
     done: Option<oneshot::Sender<bool>>,
     /// Sockets of this user on this server.
@@ -422,7 +426,7 @@ impl Directory {
         rooms.missing.clear();
         // Rows read one by one while the bulk read ran may be newer: read them again.
         for name in changed {
-            let _ = self.read_room(&mut rooms, &name);
+            drop(self.read_room(&mut rooms, &name));
         }
         Ok(())
     }
@@ -439,7 +443,7 @@ impl Directory {
         entry.sockets += 1;
         entry.used = Instant::now();
         if entry.rooms.is_none() || entry.stale {
-            let _ = self.load_user(user_id, entry);
+            drop(self.load_user(user_id, entry));
         }
     }
 
@@ -463,7 +467,7 @@ impl Directory {
             match (&entry.rooms, entry.stale) {
                 (Some(_), false) => return Ok(()),
                 (Some(_), true) => {
-                    let _ = self.load_user(user_id, entry);
+                    drop(self.load_user(user_id, entry));
                     return Ok(());
                 }
                 (None, _) => self.load_user(user_id, entry),
@@ -482,7 +486,7 @@ impl Directory {
         let entry = users.get_mut(user_id)?;
         entry.used = Instant::now();
         if entry.stale || entry.rooms.is_none() {
-            let _ = self.load_user(user_id, entry);
+            drop(self.load_user(user_id, entry));
         }
         let rooms = entry.rooms.as_ref()?;
         Some(rooms.get(room_id).cloned())
@@ -631,7 +635,7 @@ impl Directory {
         }
         let member = Arc::new(Member {
             user_id: user_id.to_string(),
-            role: "member".into(),
+            role: Role::Member,
             is_muted: false,
             is_banned: false,
         });
@@ -666,7 +670,7 @@ impl Directory {
             count: counts.total(room_id),
             member: Some(Arc::new(Member {
                 user_id: user_id.to_string(),
-                role: "member".into(),
+                role: Role::Member,
                 is_muted: false,
                 is_banned: false,
             })),
@@ -728,7 +732,7 @@ impl Directory {
                 if let Some(names) = &mut rooms.bulk {
                     names.insert(name.clone());
                 }
-                let _ = self.read_room(&mut rooms, &name);
+                drop(self.read_room(&mut rooms, &name));
             }
             Change::Member {
                 room_id,
@@ -840,7 +844,7 @@ mod tests {
     fn member(user: &str) -> Member {
         Member {
             user_id: user.into(),
-            role: "member".into(),
+            role: Role::Member,
             is_muted: false,
             is_banned: false,
         }
@@ -875,14 +879,12 @@ mod tests {
         });
         let j = d
             .join("r", Some("u"), |_, _| Ok::<_, ()>(()))
-            .ok()
             .expect("joins");
         assert!(j.created);
         assert_eq!(j.count, 1);
         // Joining again: same membership, same count.
         let again = d
             .join("r", Some("u"), |_, _| Ok::<_, ()>(()))
-            .ok()
             .expect("joins");
         assert!(!again.created);
         assert_eq!(again.count, 1);
@@ -977,7 +979,7 @@ mod tests {
             .member_now(&room.id, "u")
             .expect("loaded")
             .expect("member");
-        assert_eq!(m.role, "admin");
+        assert_eq!(m.role, Role::Admin);
         // A user with no rows is loaded too (as a member of nothing).
         d.memberships("nobody").await.expect("loaded");
         assert_eq!(d.member_now(&room.id, "nobody"), Some(None));

@@ -2,6 +2,8 @@
 //! [`writer`]. SQLite is the embedded default; the PostgreSQL backend implements the same trait.
 
 pub mod cache;
+#[cfg(test)]
+pub(crate) mod fake;
 mod model;
 mod pg;
 mod sqlite;
@@ -112,11 +114,30 @@ pub trait Backend: Send + Sync + 'static {
     async fn watch(&self, on_change: &(dyn Fn(Change) + Send + Sync), stop: CancellationToken);
 }
 
+/// Which database a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl BackendKind {
+    /// `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
 /// A handle to the store. Cloning is cheap.
 #[derive(Clone)]
 pub struct Store {
     backend: Arc<dyn Backend>,
-    kind: &'static str,
+    kind: BackendKind,
 }
 
 impl std::fmt::Debug for Store {
@@ -150,7 +171,7 @@ impl Store {
             let backend = sqlite::SqliteBackend::connect(url).await?;
             let store = Store {
                 backend: Arc::new(backend),
-                kind: "sqlite",
+                kind: BackendKind::Sqlite,
             };
             return Ok((store, None));
         }
@@ -187,15 +208,15 @@ impl Store {
             }
             let store = Store {
                 backend,
-                kind: "postgres",
+                kind: BackendKind::Postgres,
             };
             return Ok((store, retry));
         }
         Err(StoreError::Unsupported(url.into()))
     }
 
-    /// `sqlite` or `postgres`.
-    pub fn kind(&self) -> &'static str {
+    /// Which database this is.
+    pub fn kind(&self) -> BackendKind {
         self.kind
     }
 }

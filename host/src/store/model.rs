@@ -55,6 +55,32 @@ macro_rules! text_enum {
 }
 text_enum!(RoomType { Channel => "channel", Dm => "dm", Group => "group", Broadcast => "broadcast" });
 text_enum!(Visibility { Public => "public", Private => "private", Secret => "secret" });
+text_enum!(Role { Admin => "admin", Moderator => "moderator", Member => "member", Guest => "guest" });
+
+/// A member's role in a room (column `role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Manages the room; may send in broadcast rooms.
+    Admin,
+    /// Moderates; may send in broadcast rooms.
+    Moderator,
+    /// A plain member (what a join creates).
+    Member,
+    /// A guest.
+    Guest,
+}
+
+impl Role {
+    /// The role of a stored row: a text this server does not know (another tool wrote it)
+    /// grants the least, `guest`; no role is `member` (the column's default).
+    pub fn from_row(text: Option<&str>) -> Role {
+        match text {
+            None => Role::Member,
+            Some(t) => t.parse().unwrap_or(Role::Guest),
+        }
+    }
+}
 
 /// A room row.
 #[derive(Debug, Clone, Serialize)]
@@ -112,8 +138,8 @@ impl NewRoom {
 pub struct Member {
     /// The member.
     pub user_id: String,
-    /// admin, moderator, member or guest.
-    pub role: String,
+    /// Role in the room.
+    pub role: Role,
     /// May read but not send.
     pub is_muted: bool,
     /// May not join.

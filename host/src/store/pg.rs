@@ -20,8 +20,8 @@ use sqlx::{Acquire, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Room,
-    RoomCount, Stats, StoreError, Watermark, WriteOp, stats_from_rows,
+    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Role,
+    Room, RoomCount, Stats, StoreError, Watermark, WriteOp, stats_from_rows,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -160,9 +160,7 @@ fn room_from_row(row: &PgRow) -> Result<Room, StoreError> {
 fn member_from_row(r: &PgRow) -> Result<Member, StoreError> {
     Ok(Member {
         user_id: r.try_get("user_id")?,
-        role: r
-            .try_get::<Option<String>, _>("role")?
-            .unwrap_or_else(|| "member".into()),
+        role: Role::from_row(r.try_get::<Option<String>, _>("role")?.as_deref()),
         is_muted: r.try_get::<Option<bool>, _>("is_muted")?.unwrap_or(false),
         is_banned: r.try_get::<Option<bool>, _>("is_banned")?.unwrap_or(false),
     })
@@ -968,7 +966,7 @@ fn parse_change(payload: &str) -> Change {
     };
     let member = (op != MemberOp::Delete).then(|| Member {
         user_id: user_id.to_string(),
-        role: field("role").unwrap_or("member").to_string(),
+        role: Role::from_row(field("role")),
         is_muted: v.get("muted").and_then(Value::as_bool).unwrap_or(false),
         is_banned: v.get("banned").and_then(Value::as_bool).unwrap_or(false),
     });
@@ -1002,7 +1000,7 @@ mod tests {
                 op: MemberOp::Insert,
                 member: Some(Member {
                     user_id: "u:1".into(),
-                    role: "admin".into(),
+                    role: Role::Admin,
                     is_muted: true,
                     is_banned: false,
                 }),

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Room,
-    RoomCount, Stats, StoreError, Watermark, WriteOp, parse_ts, stats_from_rows, ts,
+    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Role,
+    Room, RoomCount, Stats, StoreError, Watermark, WriteOp, parse_ts, stats_from_rows, ts,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -710,9 +710,9 @@ impl SqliteBackend {
                         MemberOp::Delete => None,
                         _ => Some(Member {
                             user_id: user_id.clone(),
-                            role: r
-                                .try_get::<Option<String>, _>("role")?
-                                .unwrap_or_else(|| "member".into()),
+                            role: Role::from_row(
+                                r.try_get::<Option<String>, _>("role")?.as_deref(),
+                            ),
                             is_muted: r.try_get::<Option<i64>, _>("is_muted")?.unwrap_or(0) != 0,
                             is_banned: r.try_get::<Option<i64>, _>("is_banned")?.unwrap_or(0) != 0,
                         }),
@@ -737,7 +737,7 @@ impl SqliteBackend {
 fn member_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Member, StoreError> {
     Ok(Member {
         user_id: r.try_get("user_id")?,
-        role: r.try_get("role")?,
+        role: Role::from_row(r.try_get::<Option<String>, _>("role")?.as_deref()),
         is_muted: r.try_get::<i64, _>("is_muted")? != 0,
         is_banned: r.try_get::<i64, _>("is_banned")? != 0,
     })

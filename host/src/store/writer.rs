@@ -232,3 +232,151 @@ fn is_data_error(e: &StoreError) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::store::fake::Fake;
+
+    fn op(n: usize) -> WriteOp {
+        WriteOp::Ping {
+            socket_id: format!("s{n}"),
+            at: chrono::Utc::now(),
+        }
+    }
+
+    fn audit(n: usize) -> WriteOp {
+        WriteOp::Event {
+            id: uuid::Uuid::now_v7(),
+            event_type: "error".into(),
+            socket_id: Some(format!("s{n}")),
+            user_id: None,
+            room_id: None,
+            payload: serde_json::json!({}),
+            ip: None,
+            metadata: None,
+            at: chrono::Utc::now(),
+        }
+    }
+
+    fn socket_of(op: &WriteOp) -> String {
+        match op {
+            WriteOp::Ping { socket_id, .. } => socket_id.clone(),
+            WriteOp::MemberJoin { user_id, .. } => user_id.clone(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl WriteListener for Heard {
+        fn committed(&self, ops: &[WriteOp]) {
+            let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            h.extend(ops.iter().map(|o| format!("committed {}", socket_of(o))));
+        }
+        fn dropped(&self, op: &WriteOp) {
+            let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let line = format!("dropped {}", socket_of(op));
+            h.push(line);
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_are_committed_in_order_through_an_outage() {
+        let fake = Fake::default();
+        fake.script.lock().unwrap().unreachable = 3;
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let (w, task) = spawn(fake.store(), 4, 100, metrics.clone(), None, stop.clone());
+        for n in 0..10 {
+            w.write(op(n));
+        }
+        until("all committed", || fake.committed().len() == 10).await;
+        let order: Vec<String> = fake.committed().iter().map(socket_of).collect();
+        let want: Vec<String> = (0..10).map(|n| format!("s{n}")).collect();
+        assert_eq!(order, want, "the outage reordered nothing");
+        assert_eq!(metrics.store_write_failures.get(), 3);
+        assert_eq!(metrics.store_writes.get(), 10);
+        assert_eq!(metrics.store_writes_dropped.get(), 0);
+        assert!(w.healthy());
+        stop.cancel();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_for_its_data_is_dropped_alone_and_reported() {
+        let fake = Fake::default();
+        fake.script.lock().unwrap().refuse =
+            Some(|o| matches!(o, WriteOp::MemberJoin { user_id, .. } if user_id == "bad"));
+        let metrics = Arc::new(Metrics::new());
+        let heard = Arc::new(Heard::default());
+        let stop = CancellationToken::new();
+        let hold = fake.hold.clone().write_owned().await;
+        let (w, task) = spawn(
+            fake.store(),
+            10,
+            100,
+            metrics.clone(),
+            Some(heard.clone()),
+            stop.clone(),
+        );
+        w.write(op(1));
+        w.write(WriteOp::MemberJoin {
+            room_id: "r".into(),
+            user_id: "bad".into(),
+            at: chrono::Utc::now(),
+        });
+        w.write(op(2));
+        drop(hold);
+        until("the others committed", || fake.committed().len() == 2).await;
+        assert_eq!(metrics.store_writes_dropped.get(), 1);
+        let heard = heard.0.lock().unwrap().clone();
+        assert!(heard.contains(&"dropped bad".to_string()), "{heard:?}");
+        stop.cancel();
+        let _ = task.await;
+    }
+
+    #[tokio::test]
+    async fn past_half_the_queue_audit_rows_give_way_and_past_it_everything_is_counted() {
+        let fake = Fake::default();
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        // The writer holds its first batch while the queue (10) fills.
+        let hold = fake.hold.clone().write_owned().await;
+        let (w, task) = spawn(fake.store(), 1, 10, metrics.clone(), None, stop.clone());
+        w.write(op(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for n in 1..=6 {
+            w.write(op(n));
+        }
+        // More than half the queue in use: audit rows are refused, other rows still fit.
+        w.write(audit(100));
+        assert_eq!(metrics.store_audit_dropped.get(), 1);
+        for n in 7..=10 {
+            w.write(op(n));
+        }
+        // Full: the next write is dropped and counted.
+        w.write(op(11));
+        assert_eq!(
+            metrics.store_writes_dropped.get(),
+            2,
+            "one audit row, one past the bound"
+        );
+        drop(hold);
+        until("the queue drained", || fake.committed().len() == 11).await;
+        stop.cancel();
+        let _ = task.await;
+    }
+}

@@ -80,19 +80,15 @@ pub async fn admit<A: Adapter>(
     if let Some(p) = s.req_parts().extensions.get::<super::PendingConnect>() {
         p.release();
     }
-    // Scaled out, the per-IP connection rate counts across instances (the local limiter
-    // still applies, and alone while Redis is down).
-    let per_minute = app.config.connection_rate_per_minute;
-    let cluster_allows = match (&app.cluster, peer_ip(&s)) {
-        (Some(c), Some(ip)) if per_minute > 0 && !app.is_draining() => {
-            c.ip_allowed(ip, per_minute).await
-        }
-        _ => true,
-    };
-    let result = if cluster_allows {
-        check(&app, &s, auth.as_ref())
-    } else {
+    let ip = peer_ip(&s);
+    let result = if app.is_draining() {
+        Err(Refusal::ShuttingDown)
+    } else if let Some(ip) = ip
+        && !app.connection_rate.allow(ip).await
+    {
         Err(Refusal::TooMany)
+    } else {
+        check(&app, &s, auth.as_ref())
     };
     let (identity, slot, ip) = match result {
         Ok(ok) => ok,
@@ -103,7 +99,7 @@ pub async fn admit<A: Adapter>(
                     reason: refusal.label(),
                 })
                 .inc();
-            tracing::debug!(socket = %s.id, reason = %refusal, "connection refused");
+            tracing::info!(peer = ?ip, reason = refusal.label(), message = %refusal, "connection refused");
             return Err(refusal);
         }
     };
@@ -133,15 +129,7 @@ fn check<A: Adapter>(
     s: &SocketRef<A>,
     auth: Option<&Value>,
 ) -> Result<(crate::auth::Identity, crate::app::Slot, Option<IpAddr>), Refusal> {
-    if app.is_draining() {
-        return Err(Refusal::ShuttingDown);
-    }
     let ip = peer_ip(s);
-    if let (Some(limiter), Some(ip)) = (&app.ip_limiter, ip)
-        && limiter.check_key(&ip).is_err()
-    {
-        return Err(Refusal::TooMany);
-    }
     let identity = app.auth.authenticate(token(s, auth).as_deref())?;
     check_policy(app, s, auth, &identity)?;
     let slot = app.acquire_slot().ok_or(Refusal::Capacity)?;
@@ -155,7 +143,7 @@ fn check_policy<A: Adapter>(
     auth: Option<&Value>,
     identity: &crate::auth::Identity,
 ) -> Result<(), Refusal> {
-    let Some(ext) = &app.extensions else {
+    let Some(ext) = &app.policies else {
         return Ok(());
     };
     if !ext.wants("connect") {
@@ -168,11 +156,11 @@ fn check_policy<A: Adapter>(
     if let Some(map) = payload.as_object_mut() {
         map.remove("token");
     }
-    let who = crate::extensions::PolicyIdentity::new(identity);
+    let who = crate::policy::PolicyIdentity::new(identity);
     match ext.run("connect", &payload, s.id.as_str(), &who, None) {
-        crate::extensions::ChainResult::Reject { error, .. } => {
+        crate::policy::ChainResult::Reject { error, .. } => {
             Err(Refusal::Policy(error.message.into_owned()))
         }
-        crate::extensions::ChainResult::Pass { .. } => Ok(()),
+        crate::policy::ChainResult::Pass { .. } => Ok(()),
     }
 }

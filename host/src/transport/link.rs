@@ -105,7 +105,8 @@ pub fn attach<A: Adapter>(app: Arc<App>, s: &SocketRef<A>, session: Session, slo
     let hold = session.user_id().map(|u| UserHold::new(&app, u));
     let gate = CancellationToken::new();
     s.extensions.insert(Gate(gate.clone()));
-    tokio::spawn(run(app, s.clone(), session, rx, gate, (slot, hold)));
+    let links = app.links.clone();
+    links.spawn(run(app, s.clone(), session, rx, gate, (slot, hold)));
 }
 
 /// Keeps a connected user's memberships in the directory while the link lives.

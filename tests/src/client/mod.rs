@@ -219,6 +219,26 @@ impl SioClient {
         }
     }
 
+    /// A barrier on this socket: sends `ping` and waits (5 s at most) for its `pong`. The
+    /// server handles a socket's events in order and queues what it sends a socket in order,
+    /// so once the pong is here, everything queued for this socket before it (the answers to
+    /// earlier events, and broadcasts emitted before the events that caused them were acked)
+    /// has arrived: an "expect nothing" check after it needs no waiting window.
+    #[track_caller]
+    pub fn sync(&mut self) -> impl Future<Output = ()> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            self.emit_args("ping", &[]);
+            if self
+                .next_event("pong", Duration::from_secs(5))
+                .await
+                .is_none()
+            {
+                panic!("no pong within 5 s at {caller}");
+            }
+        }
+    }
+
     /// Panics (fails the test) when a `name` event is buffered or arrives within `wait`.
     #[track_caller]
     pub fn expect_none(&mut self, name: &str, wait: Duration) -> impl Future<Output = ()> + '_ {

@@ -11,26 +11,26 @@ use std::time::Duration;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::{Link, lua};
-use crate::extensions::kv::{KvStore, MAX_KEY, MAX_VALUE, MemoryKv};
+use super::{KvStore, MAX_KEY, MAX_VALUE, MemoryKv};
+use crate::cluster::{RedisConn, lua};
 
 /// Cluster-wide module key/value store.
 pub struct RedisKv {
-    link: Arc<Link>,
+    redis: Arc<RedisConn>,
     local: MemoryKv,
 }
 
 impl RedisKv {
     /// Over the shared connection.
-    pub fn new(link: Arc<Link>) -> RedisKv {
+    pub fn new(redis: Arc<RedisConn>) -> RedisKv {
         RedisKv {
-            link,
+            redis,
             local: MemoryKv::default(),
         }
     }
 
     fn key(&self, module: &str, key: &str) -> String {
-        self.link.key(&["kv", module, key])
+        self.redis.key(&["kv", module, key])
     }
 
     /// Runs `f` against Redis from synchronous code; None when that is not possible now.
@@ -38,14 +38,14 @@ impl RedisKv {
         &self,
         f: impl AsyncFnOnce(&mut redis::aio::ConnectionManager) -> redis::RedisResult<T>,
     ) -> Option<T> {
-        if !self.link.up() {
+        if !self.redis.up() {
             return None;
         }
         let handle = Handle::try_current().ok()?;
         if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
             return None;
         }
-        tokio::task::block_in_place(|| handle.block_on(self.link.call(f)))
+        tokio::task::block_in_place(|| handle.block_on(self.redis.call(f)))
     }
 }
 

@@ -14,10 +14,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
-use super::{Link, de_list, lua, now_ms};
-use crate::presence::{
-    CustomStatus, MemoryPresence, PresenceManager, PresenceState, Reasserted, Status,
-};
+use super::{CustomStatus, MemoryPresence, PresenceManager, PresenceState, Reasserted, Status};
+use crate::cluster::{RedisConn, de_list, lua, now_ms};
 use crate::store::PresenceCounts;
 
 /// A user's state as the scripts answer it.
@@ -66,7 +64,7 @@ struct States {
 
 /// Cluster-wide presence.
 pub struct RedisPresence {
-    link: Arc<Link>,
+    redis: Arc<RedisConn>,
     local: MemoryPresence,
     /// When each user's activity was last written to Redis (writes are coalesced).
     touched: Mutex<HashMap<String, Instant>>,
@@ -83,9 +81,9 @@ pub struct RedisPresence {
 impl RedisPresence {
     /// `away` is `REALTIME_PRESENCE_AWAY_MS` (None: activity needs no sharing); `lease` the
     /// node lease.
-    pub fn new(link: Arc<Link>, away: Option<Duration>, lease: Duration) -> RedisPresence {
+    pub fn new(redis: Arc<RedisConn>, away: Option<Duration>, lease: Duration) -> RedisPresence {
         RedisPresence {
-            link,
+            redis,
             local: MemoryPresence::default(),
             touched: Mutex::new(HashMap::new()),
             touch_every: away.map(|a| (a / 4).min(Duration::from_secs(1))),
@@ -114,9 +112,9 @@ impl PresenceManager for RedisPresence {
         let _shared = self.gate.read().await;
         let local = self.local.connect(user_id).await;
         let now = now_ms().to_string();
-        let node = self.link.node.clone();
+        let node = self.redis.node.clone();
         match self
-            .link
+            .redis
             .script::<Changed>(&lua::CONNECT, &[&node, user_id, &now])
             .await
         {
@@ -136,9 +134,9 @@ impl PresenceManager for RedisPresence {
             self.touched().remove(user_id);
         }
         let now = now_ms().to_string();
-        let node = self.link.node.clone();
+        let node = self.redis.node.clone();
         match self
-            .link
+            .redis
             .script::<Changed>(&lua::DISCONNECT, &[&node, user_id, &now])
             .await
         {
@@ -171,7 +169,7 @@ impl PresenceManager for RedisPresence {
             None => Default::default(),
         };
         match self
-            .link
+            .redis
             .script::<Changed>(
                 &lua::UPDATE,
                 &[user_id, status.as_str(), &now, &text, &emoji, &expiry],
@@ -186,7 +184,7 @@ impl PresenceManager for RedisPresence {
     async fn expire(&self, now: DateTime<Utc>) -> Vec<PresenceState> {
         let local = self.local.expire(now).await;
         match self
-            .link
+            .redis
             .script::<States>(&lua::EXPIRE_CUSTOM, &[&ms(now)])
             .await
         {
@@ -219,7 +217,7 @@ impl PresenceManager for RedisPresence {
             touched.insert(user_id.to_string(), Instant::now());
         }
         match self
-            .link
+            .redis
             .script::<Changed>(&lua::TOUCH, &[user_id, &ms(now)])
             .await
         {
@@ -232,7 +230,7 @@ impl PresenceManager for RedisPresence {
     async fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState> {
         let local = self.local.idle(idle_before).await;
         match self
-            .link
+            .redis
             .script::<States>(&lua::IDLE, &[&ms(idle_before), &now_ms().to_string()])
             .await
         {
@@ -258,7 +256,7 @@ impl PresenceManager for RedisPresence {
         let users_json = serde_json::to_string(&users).ok()?;
         let rooms_flat: BTreeMap<String, u32> = rooms
             .iter()
-            .map(|((u, r), n)| (super::room_field(u, r), *n))
+            .map(|((u, r), n)| (crate::cluster::room_field(u, r), *n))
             .collect();
         let rooms_json = serde_json::to_string(&rooms_flat).ok()?;
         let gone: Vec<String> = self.gone_offline().iter().cloned().collect();
@@ -270,9 +268,9 @@ impl PresenceManager for RedisPresence {
             #[serde(default, deserialize_with = "de_list")]
             offline: Vec<String>,
         }
-        let node = self.link.node.clone();
+        let node = self.redis.node.clone();
         let out: Out = self
-            .link
+            .redis
             .script(
                 &lua::REASSERT,
                 &[

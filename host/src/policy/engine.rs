@@ -60,9 +60,34 @@ pub enum LoadError {
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// Trap, deadline, memory cap, stack overflow or instantiation failure.
+    /// The CPU deadline passed (epoch interruption).
+    #[error("deadline exceeded")]
+    Deadline,
+    /// The module's stack overflowed.
+    #[error("stack overflow")]
+    StackOverflow,
+    /// Any other trap (an `unreachable`, an out-of-bounds access, the memory cap): its text.
     #[error("{0}")]
     Trap(String),
+    /// A fresh instance could not be made: instantiation or its `describe` failed.
+    #[error("{stage}: {reason}")]
+    Instance {
+        /// `instantiate` or `describe`.
+        stage: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// The error of a failed call.
+    fn of(e: &wasmtime::Error) -> CallError {
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallError::Deadline,
+            Some(wasmtime::Trap::StackOverflow) => CallError::StackOverflow,
+            _ => CallError::Trap(trap_text(e)),
+        }
+    }
 }
 
 /// The engine shared by every module.
@@ -325,11 +350,17 @@ impl Module {
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| CallError::Trap(format!("instantiate: {}", trap_text(&e))))?;
+            .map_err(|e| CallError::Instance {
+                stage: "instantiate",
+                reason: trap_text(&e),
+            })?;
         let descriptor = bindings
             .nself_realtime_policy()
             .call_describe(&mut store, &self.config)
-            .map_err(|e| CallError::Trap(format!("describe: {}", trap_text(&e))))?;
+            .map_err(|e| CallError::Instance {
+                stage: "describe",
+                reason: trap_text(&e),
+            })?;
         let inst = Instance {
             store,
             bindings,
@@ -368,7 +399,7 @@ impl Module {
                 Ok(verdict)
             }
             // A trapped instance is never reused.
-            Err(e) => Err(CallError::Trap(trap_text(&e))),
+            Err(e) => Err(CallError::of(&e)),
         }
     }
 }

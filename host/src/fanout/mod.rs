@@ -1,5 +1,12 @@
-//! Fan-out: how an event reaches other sockets. [`Fanout`] hides the Socket.IO adapter (local
-//! now, Redis when scaled out) from the pipeline, which stays free of adapter generics.
+//! Fan-out: how an event reaches other sockets. [`Fanout`] hides the Socket.IO adapter (local,
+//! or Redis when scaled out) from the pipeline, which stays free of adapter generics.
+//! [`RoomSockets`] answers whether a user still has a socket in a room anywhere: on one
+//! instance the adapter alone knows ([`LocalRoomSockets`]); across instances the counts are in
+//! Redis ([`RedisRoomSockets`], `redis.rs`).
+
+mod redis;
+
+pub use redis::RedisRoomSockets;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -32,6 +39,29 @@ pub trait Fanout: Send + Sync + 'static {
     async fn room_elsewhere(&self, room: &str, event: &'static str, data: &Value);
     /// Every socket on the other instances, or those in `rooms` when given.
     async fn all_elsewhere(&self, rooms: Option<Vec<String>>, event: &'static str, data: &Value);
+}
+
+/// Which rooms a user has sockets in on the other instances.
+#[async_trait]
+pub trait RoomSockets: Send + Sync + 'static {
+    /// A socket of `user` on this instance joined `room`.
+    async fn joined(&self, user: &str, room: &str);
+    /// A socket of `user` on this instance left `rooms` (leave or disconnect): the rooms where
+    /// the user has no socket left on any other instance, or None when that is not known (this
+    /// instance alone decides from its own sockets).
+    async fn left(&self, user: &str, rooms: &[String]) -> Option<Vec<String>>;
+}
+
+/// One instance: there are no other instances to ask.
+pub struct LocalRoomSockets;
+
+#[async_trait]
+impl RoomSockets for LocalRoomSockets {
+    async fn joined(&self, _user: &str, _room: &str) {}
+
+    async fn left(&self, _user: &str, _rooms: &[String]) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// [`Fanout`] over a socketioxide instance.

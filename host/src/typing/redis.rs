@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
-use super::{Link, de_list, lua, now_ms};
-use crate::typing::{MemoryTyping, TypingKey, TypingTracker, TypingUpdate};
+use super::{MemoryTyping, TypingKey, TypingTracker, TypingUpdate};
+use crate::cluster::{RedisConn, de_list, lua, now_ms};
 
 #[derive(Deserialize)]
 struct Typer {
@@ -108,7 +108,7 @@ type OwnedBySocket = HashMap<String, HashSet<Owned>>;
 
 /// Cluster-wide typing state.
 pub struct RedisTyping {
-    link: Arc<Link>,
+    redis: Arc<RedisConn>,
     local: MemoryTyping,
     /// The entries each local socket set: (room, thread, user).
     owned: Mutex<OwnedBySocket>,
@@ -116,9 +116,9 @@ pub struct RedisTyping {
 
 impl RedisTyping {
     /// Over the shared connection.
-    pub fn new(link: Arc<Link>) -> RedisTyping {
+    pub fn new(redis: Arc<RedisConn>) -> RedisTyping {
         RedisTyping {
-            link,
+            redis,
             local: MemoryTyping::default(),
             owned: Mutex::new(HashMap::new()),
         }
@@ -146,7 +146,7 @@ impl TypingTracker for RedisTyping {
         let now = now_ms().to_string();
         let ttl = ttl.num_milliseconds().max(1).to_string();
         let answer = self
-            .link
+            .redis
             .script::<Typers>(
                 &lua::TYPING_START,
                 &[&key.room, thread_arg(&key), user_id, socket_id, &now, &ttl],
@@ -163,7 +163,7 @@ impl TypingTracker for RedisTyping {
         }
         let now = now_ms().to_string();
         let answer = self
-            .link
+            .redis
             .script::<Typers>(
                 &lua::TYPING_STOP,
                 &[&key.room, thread_arg(&key), user_id, &now],
@@ -187,7 +187,7 @@ impl TypingTracker for RedisTyping {
         };
         let now = now_ms().to_string();
         match self
-            .link
+            .redis
             .script::<RemovedList>(&lua::TYPING_CLEAR, &[socket_id, &now, &entries])
             .await
         {
@@ -200,7 +200,7 @@ impl TypingTracker for RedisTyping {
         let local = self.local.expire(now).await;
         let now = now.timestamp_millis().to_string();
         match self
-            .link
+            .redis
             .script::<RemovedList>(&lua::TYPING_EXPIRE, &[&now])
             .await
         {

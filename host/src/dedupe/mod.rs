@@ -1,13 +1,21 @@
 //! `clientMessageId` de-duplication: a repeated id from the same user gets the first
-//! `{messageId, timestamp}` again and is not delivered twice.
+//! `{messageId, timestamp}` again and is not delivered twice. [`Dedupe`] remembers the ids
+//! sent through this instance; [`Claims`] settles which send was first across instances
+//! ([`LocalClaims`] on one instance, [`RedisClaims`] in `redis.rs`).
 //!
 //! Memory is scoped per user: each user keeps at most `per_user` ids (their own oldest go
 //! first), so no user can push another's ids out. The whole is bounded too (`total`); past
 //! it, the user holding the most ids gives up their oldest. Ids are forgotten after the TTL.
 
+mod redis;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+pub use redis::RedisClaims;
 
 /// How long a `clientMessageId` is remembered.
 pub const DEDUPE_TTL: Duration = Duration::from_secs(600);
@@ -23,6 +31,24 @@ pub struct Sent {
     pub message_id: String,
     /// Server timestamp (ISO 8601).
     pub timestamp: String,
+}
+
+/// Which send of a `clientMessageId` was first, across the instances.
+#[async_trait]
+pub trait Claims: Send + Sync + 'static {
+    /// Claims `client_id` of `user` for `sent`: None when this is the first send (or it is not
+    /// known), the earlier result when another send already claimed it.
+    async fn claim(&self, user: &str, client_id: &str, sent: &Sent, ttl: Duration) -> Option<Sent>;
+}
+
+/// One instance: [`Dedupe`] alone decides.
+pub struct LocalClaims;
+
+#[async_trait]
+impl Claims for LocalClaims {
+    async fn claim(&self, _: &str, _: &str, _: &Sent, _: Duration) -> Option<Sent> {
+        None
+    }
 }
 
 /// Remembers recent `(user, clientMessageId)` pairs.

@@ -75,8 +75,22 @@ pub struct Decision {
     pub module: String,
     /// Module version.
     pub version: String,
-    /// allow, modify, reject, error (failed and skipped or denied), quarantined.
-    pub verdict: &'static str,
+    /// What it answered.
+    pub verdict: VerdictKind,
+}
+
+/// A module's answer as the audit log and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictKind {
+    /// Let the event through unchanged.
+    Allow,
+    /// Rewrote the payload.
+    Modify,
+    /// Refused the event.
+    Reject,
+    /// Failed (trap, timeout, malformed verdict, quarantine): skipped or denied by `on_error`.
+    Error,
 }
 
 /// What the chain decided.
@@ -114,19 +128,19 @@ pub struct Settings {
 }
 
 /// The extension layer of one server.
-pub struct Extensions {
+pub struct Policies {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     max_payload: usize,
 }
 
-impl Extensions {
+impl Policies {
     /// Builds the engine and loads the modules present now.
     pub async fn start(
         settings: Settings,
         kv: Arc<dyn KvStore>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Arc<Extensions>> {
+    ) -> anyhow::Result<Arc<Policies>> {
         let runtime = Runtime::new(settings.cache_dir.clone())?;
         let registry = Arc::new(Registry::new(
             runtime,
@@ -139,7 +153,7 @@ impl Extensions {
             },
         ));
         registry.rescan().await;
-        Ok(Arc::new(Extensions {
+        Ok(Arc::new(Policies {
             registry,
             metrics,
             max_payload: settings.max_payload,
@@ -207,7 +221,7 @@ impl Extensions {
             let verdict = match outcome {
                 Ok(v) => v,
                 Err(reason) => {
-                    decisions.push(decision(m, "error"));
+                    decisions.push(decision(m, VerdictKind::Error));
                     match m.on_error {
                         OnError::Allow => continue,
                         OnError::Deny => {
@@ -222,14 +236,14 @@ impl Extensions {
                 }
             };
             match verdict {
-                Checked::Allow => decisions.push(decision(m, "allow")),
+                Checked::Allow => decisions.push(decision(m, VerdictKind::Allow)),
                 Checked::Modify(json, value) => {
-                    decisions.push(decision(m, "modify"));
+                    decisions.push(decision(m, VerdictKind::Modify));
                     event.payload_json = json;
                     rewritten = Some(value);
                 }
                 Checked::Reject(error) => {
-                    decisions.push(decision(m, "reject"));
+                    decisions.push(decision(m, VerdictKind::Reject));
                     return ChainResult::Reject { error, decisions };
                 }
             }
@@ -283,7 +297,7 @@ impl Extensions {
     }
 }
 
-fn decision(m: &Loaded, verdict: &'static str) -> Decision {
+fn decision(m: &Loaded, verdict: VerdictKind) -> Decision {
     Decision {
         module: m.name.to_string(),
         version: m.version.to_string(),

@@ -1,6 +1,11 @@
 //! The per-module key/value store with TTL that policy modules reach through the host import
 //! (e.g. to count events for a rate limit). [`KvStore`] is the seam for a cluster-wide (Redis)
-//! implementation; [`MemoryKv`] is the single-node one. Keys are namespaced per module.
+//! implementation; [`MemoryKv`] is the single-node one, [`RedisKv`] (`redis.rs`) the one
+//! across instances. Keys are namespaced per module.
+
+mod redis;
+
+pub use redis::RedisKv;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -1,0 +1,39 @@
+//! Which subcommand runs, with which resources (everything but `serve`, which main runs).
+
+use super::Command;
+use crate::config::Config;
+use crate::store::Store;
+
+/// Runs a management subcommand.
+pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Plugins { json } => return super::plugins::run(config, json).await,
+        Command::Healthcheck {
+            ready,
+            timeout_ms,
+            json,
+        } => return super::status::healthcheck(config, ready, timeout_ms, json).await,
+        Command::Status { pid_file, json } => {
+            return super::status::run(config, pid_file.as_deref(), json).await;
+        }
+        Command::Uninstall { yes, json } => return super::uninstall::run(config, yes, json).await,
+        _ => {}
+    }
+    let store = Store::connect(&config.database_url).await?;
+    match command {
+        // `serve` is dispatched by main, the commands that need no store above.
+        Command::Serve
+        | Command::Plugins { .. }
+        | Command::Healthcheck { .. }
+        | Command::Status { .. }
+        | Command::Uninstall { .. } => Ok(()),
+        Command::Init { json } => super::figures::init(config, &store, json).await,
+        Command::Stats { json } => super::figures::stats(&store, json).await,
+        Command::Rooms { action, json } => super::rooms::run(&store, action, json).await,
+        Command::CreateRoom(args) => super::rooms::create(&store, args).await,
+        Command::AddMember(args) => super::rooms::add_member(&store, args).await,
+        Command::RemoveMember(args) => super::rooms::remove_member(&store, args).await,
+        Command::Connections { json } => super::figures::connections(&store, json).await,
+        Command::Events { number, json } => super::figures::events(&store, number, json).await,
+    }
+}

@@ -239,6 +239,25 @@ const FOREIGN_KEY_VIOLATION: &str = "23503";
 
 async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(), sqlx::Error> {
     match op {
+        WriteOp::ConnectionOpened { .. }
+        | WriteOp::ConnectionClosed { .. }
+        | WriteOp::Ping { .. }
+        | WriteOp::Pong { .. } => apply_connection(tx, op).await,
+        WriteOp::Presence { .. } | WriteOp::Heartbeat { .. } => apply_presence(tx, op).await,
+        WriteOp::TypingSet { .. } | WriteOp::TypingClear { .. } => apply_typing(tx, op).await,
+        WriteOp::MemberJoin { .. } | WriteOp::MemberSeen { .. } | WriteOp::MemberLeave { .. } => {
+            apply_membership(tx, op).await
+        }
+        WriteOp::Event { .. } => unreachable!("audit rows are inserted in bulk"),
+    }
+}
+
+/// Connection rows: opened, closed, ping and pong times.
+async fn apply_connection(
+    tx: &mut Transaction<'_, Postgres>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::ConnectionOpened {
             socket_id,
             user_id,
@@ -302,6 +321,17 @@ async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(
             .execute(&mut **tx)
             .await?;
         }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Presence rows: a user's whole row, and heartbeats.
+async fn apply_presence(
+    tx: &mut Transaction<'_, Postgres>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::Presence {
             user_id,
             status,
@@ -345,6 +375,61 @@ async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(
             .execute(&mut **tx)
             .await?;
         }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Typing rows: set (or refreshed) and cleared.
+async fn apply_typing(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(), sqlx::Error> {
+    match op {
+        WriteOp::TypingSet {
+            room_id,
+            user_id,
+            thread_id,
+            started_at,
+            expires_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_typing (room_id, user_id, thread_id, started_at, expires_at) \
+                 SELECT r.id, $2, $3, $4, $5 FROM realtime_rooms r WHERE r.id = $1 \
+                 ON CONFLICT (room_id, user_id, (COALESCE(thread_id, ''))) DO UPDATE SET \
+                 started_at = EXCLUDED.started_at, expires_at = EXCLUDED.expires_at",
+            )
+            .bind(uuid_of(&Some(room_id.clone())))
+            .bind(text(user_id))
+            .bind(opt_text(thread_id))
+            .bind(started_at)
+            .bind(expires_at)
+            .execute(&mut **tx)
+            .await?;
+        }
+        WriteOp::TypingClear {
+            room_id,
+            user_id,
+            thread_id,
+        } => {
+            sqlx::query(
+                "DELETE FROM realtime_typing WHERE room_id = $1 AND user_id = $2 \
+                 AND thread_id IS NOT DISTINCT FROM $3",
+            )
+            .bind(uuid_of(&Some(room_id.clone())))
+            .bind(text(user_id))
+            .bind(opt_text(thread_id))
+            .execute(&mut **tx)
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Membership rows: a join (new row), a join again (`last_seen`), a leave.
+async fn apply_membership(
+    tx: &mut Transaction<'_, Postgres>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::MemberJoin {
             room_id,
             user_id,
@@ -382,43 +467,7 @@ async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(
                 .execute(&mut **tx)
                 .await?;
         }
-        WriteOp::TypingSet {
-            room_id,
-            user_id,
-            thread_id,
-            started_at,
-            expires_at,
-        } => {
-            sqlx::query(
-                "INSERT INTO realtime_typing (room_id, user_id, thread_id, started_at, expires_at) \
-                 SELECT r.id, $2, $3, $4, $5 FROM realtime_rooms r WHERE r.id = $1 \
-                 ON CONFLICT (room_id, user_id, (COALESCE(thread_id, ''))) DO UPDATE SET \
-                 started_at = EXCLUDED.started_at, expires_at = EXCLUDED.expires_at",
-            )
-            .bind(uuid_of(&Some(room_id.clone())))
-            .bind(text(user_id))
-            .bind(opt_text(thread_id))
-            .bind(started_at)
-            .bind(expires_at)
-            .execute(&mut **tx)
-            .await?;
-        }
-        WriteOp::TypingClear {
-            room_id,
-            user_id,
-            thread_id,
-        } => {
-            sqlx::query(
-                "DELETE FROM realtime_typing WHERE room_id = $1 AND user_id = $2 \
-                 AND thread_id IS NOT DISTINCT FROM $3",
-            )
-            .bind(uuid_of(&Some(room_id.clone())))
-            .bind(text(user_id))
-            .bind(opt_text(thread_id))
-            .execute(&mut **tx)
-            .await?;
-        }
-        WriteOp::Event { .. } => unreachable!("audit rows are inserted in bulk"),
+        _ => {}
     }
     Ok(())
 }

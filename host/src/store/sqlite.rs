@@ -96,6 +96,54 @@ async fn apply_one(
     op: &WriteOp,
 ) -> Result<(), sqlx::Error> {
     match op {
+        WriteOp::ConnectionOpened { .. }
+        | WriteOp::ConnectionClosed { .. }
+        | WriteOp::Ping { .. }
+        | WriteOp::Pong { .. } => apply_connection(tx, op).await,
+        WriteOp::Presence { .. } | WriteOp::Heartbeat { .. } => apply_presence(tx, op).await,
+        WriteOp::TypingSet { .. } | WriteOp::TypingClear { .. } => apply_typing(tx, op).await,
+        WriteOp::MemberJoin { .. } | WriteOp::MemberSeen { .. } | WriteOp::MemberLeave { .. } => {
+            apply_membership(tx, op).await
+        }
+        WriteOp::Event {
+            id,
+            event_type,
+            socket_id,
+            user_id,
+            room_id,
+            payload,
+            ip,
+            metadata,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_events (id, event_type, socket_id, user_id, room_id, payload, \
+                 ip_address, metadata, created_at) VALUES (?, ?, ?, ?, \
+                 (SELECT id FROM realtime_rooms WHERE id = ?), ?, ?, ?, ?) \
+                 ON CONFLICT(id) DO NOTHING",
+            )
+            .bind(id.to_string())
+            .bind(event_type)
+            .bind(socket_id)
+            .bind(user_id)
+            .bind(room_id)
+            .bind(payload.to_string())
+            .bind(ip)
+            .bind(json_text(metadata))
+            .bind(ts(*at))
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// Connection rows: opened, closed, ping and pong times.
+async fn apply_connection(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::ConnectionOpened {
             socket_id,
             user_id,
@@ -159,6 +207,17 @@ async fn apply_one(
             .execute(&mut **tx)
             .await?;
         }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Presence rows: a user's whole row, and heartbeats.
+async fn apply_presence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::Presence {
             user_id,
             status,
@@ -208,6 +267,17 @@ async fn apply_one(
             .execute(&mut **tx)
             .await?;
         }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Typing rows: set (or refreshed) and cleared.
+async fn apply_typing(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::TypingSet {
             room_id,
             user_id,
@@ -245,6 +315,17 @@ async fn apply_one(
             .execute(&mut **tx)
             .await?;
         }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Membership rows: a join (new row), a join again (`last_seen`), a leave.
+async fn apply_membership(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    op: &WriteOp,
+) -> Result<(), sqlx::Error> {
+    match op {
         WriteOp::MemberJoin {
             room_id,
             user_id,
@@ -284,35 +365,7 @@ async fn apply_one(
                 .execute(&mut **tx)
                 .await?;
         }
-        WriteOp::Event {
-            id,
-            event_type,
-            socket_id,
-            user_id,
-            room_id,
-            payload,
-            ip,
-            metadata,
-            at,
-        } => {
-            sqlx::query(
-                "INSERT INTO realtime_events (id, event_type, socket_id, user_id, room_id, payload, \
-                 ip_address, metadata, created_at) VALUES (?, ?, ?, ?, \
-                 (SELECT id FROM realtime_rooms WHERE id = ?), ?, ?, ?, ?) \
-                 ON CONFLICT(id) DO NOTHING",
-            )
-            .bind(id.to_string())
-            .bind(event_type)
-            .bind(socket_id)
-            .bind(user_id)
-            .bind(room_id)
-            .bind(payload.to_string())
-            .bind(ip)
-            .bind(json_text(metadata))
-            .bind(ts(*at))
-            .execute(&mut **tx)
-            .await?;
-        }
+        _ => {}
     }
     Ok(())
 }

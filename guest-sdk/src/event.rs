@@ -159,6 +159,18 @@ impl Event {
         self.payload_str("content")
     }
 
+    /// The payload as one of the protocol's typed payloads ([`crate::payloads`]), or any
+    /// type of yours; `None` when it does not have that shape.
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Option<T> {
+        self.parse_payload().ok()
+    }
+
+    /// The payload with `patch` merged into its `metadata` (see
+    /// [`merge_metadata`](crate::payloads::merge_metadata)), ready for [`Verdict::modify`](crate::Verdict::modify).
+    pub fn payload_with_metadata(&self, patch: Value) -> Option<Value> {
+        crate::payloads::merge_metadata(self.payload(), patch)
+    }
+
     /// The targeted room's name: the room info's when there is one, else the payload's
     /// `roomName` (a `room:join` for a room that does not exist has no room info).
     pub fn room_name(&self) -> Option<&str> {

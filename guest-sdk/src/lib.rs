@@ -95,26 +95,43 @@
 //! # Building
 //!
 //! A module is a `cdylib` crate depending on this one (and `serde`/`serde_json` if it needs
-//! them; it does not need `wit-bindgen`):
+//! them; it does not need `wit-bindgen`). `nself-realtime plugin new NAME` writes such a crate
+//! for you, with a copy of this SDK beside it. By hand:
 //!
 //! ```toml
 //! [lib]
 //! crate-type = ["cdylib", "rlib"]
 //!
 //! [dependencies]
-//! nself-realtime-guest = { path = "../guest-sdk" }
+//! nself-realtime-guest = "0.2"
+//! # or, from a copy of this crate (e.g. the one `plugin new` writes, or a server checkout):
+//! # nself-realtime-guest = { path = "../nself-realtime-guest" }
 //! ```
 //!
 //! `cargo build --release --target wasm32-wasip2` (after `rustup target add wasm32-wasip2`)
 //! writes `target/wasm32-wasip2/release/<crate_name>.wasm`, a component ready to load. Copy it
-//! into the server's plugins directory, optionally with a `<name>.toml` sidecar (priority,
-//! events, `on_error`, `timeout_ms`, `memory_mb`, `config`).
+//! into the server's plugins directory, optionally with a sidecar named after the file
+//! (`<file stem>.toml`, `-` and `_` alike: `slow_guard.wasm` takes `slow-guard.toml` too) that
+//! sets priority, events, `on_error`, `timeout_ms`, `memory_mb`, `mode` and `config`.
+//!
+//! Check a build offline before dropping it in: `nself-realtime plugin check FILE.wasm
+//! [--config JSON]` loads it as the server would, and `nself-realtime plugin run FILE.wasm
+//! --event message:send --payload '{...}'` prints its verdict as JSON.
+//!
+//! # Interface versions
+//!
+//! This SDK builds components of interface `nself:realtime@0.2.0`. The server loads 0.2.0 and
+//! 0.1.0 modules side by side; 0.2.0 added rejection details ([`Verdict::with_details`]),
+//! refusing a configuration with a message ([`Policy::configure`] returning `Err`), and
+//! acceptance notifications ([`Descriptor::with_accepted`], [`Policy::accepted`]).
 //!
 //! # What the host expects
 //!
 //! - `describe(config)` is called once per instance before any `handle`; [`Policy::configure`]
-//!   runs there. If `handle` is ever called on an instance that was not described, the SDK
-//!   configures the policy with `""` (and logs a warning).
+//!   runs there, and its `Err` message is what the server reports (in `/health`, the
+//!   `plugins` command and its log) for the failed load. If `handle` is ever called on an
+//!   instance that was not described, the SDK configures the policy with `""` (and logs a
+//!   warning).
 //! - A panic (anywhere) traps the instance: the host fails the event closed
 //!   (`POLICY_REJECTED`) unless the module's sidecar says `on_error = "allow"`. The panic
 //!   message goes to the host log (level error) first.
@@ -127,6 +144,7 @@ extern crate self as nself_realtime_guest;
 
 mod event;
 pub mod host;
+pub mod payloads;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod verdict;
@@ -155,6 +173,18 @@ pub trait Policy: Sized + 'static {
     /// Decides about one event. Must be quick and should not panic on odd input (a panic traps
     /// and fails the event closed).
     fn handle(&self, event: &Event) -> Verdict;
+
+    /// Hears that the server accepted an event listed in the descriptor's `accepted`
+    /// ([`Descriptor::with_accepted`]): the whole chain let it through, the server's own rules
+    /// passed and it was carried out. `event` carries the payload as it was handled (after any
+    /// rewrite). Called off the event path, after the client had its answer; the default does
+    /// nothing.
+    ///
+    /// Keep counts that must hold across instances in the host key/value store ([`host`]):
+    /// the host may call `accepted` on another instance than the `handle` of the same event.
+    fn accepted(&self, event: &Event) {
+        let _ = event;
+    }
 }
 
 /// Parses a JSON config string into `T`; an empty (or all-whitespace) string gives
@@ -181,8 +211,8 @@ pub fn parse_config<T: DeserializeOwned + Default>(config: &str) -> Result<T, St
 /// Exports a [`Policy`] as the module's `describe` and `handle`: `export_policy!(MyPolicy);`,
 /// once per crate, at module level.
 ///
-/// On `wasm32` this emits the component exports (`nself:realtime/policy@0.1.0#describe` and
-/// `#handle`). On other targets it only checks that the type implements [`Policy`], so the
+/// On `wasm32` this emits the component exports (`nself:realtime/policy@0.2.0#describe`,
+/// `#handle` and `#accepted`). On other targets it only checks that the type implements [`Policy`], so the
 /// crate still builds and tests natively.
 #[macro_export]
 macro_rules! export_policy {
@@ -191,11 +221,17 @@ macro_rules! export_policy {
         const _: () = {
             struct __NselfRealtimeGuestExport;
             impl $crate::__private::Guest for __NselfRealtimeGuestExport {
-                fn describe(config: ::std::string::String) -> $crate::__private::WitDescriptor {
+                fn describe(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<$crate::__private::WitDescriptor, ::std::string::String>
+                {
                     $crate::__private::describe::<$policy>(config)
                 }
                 fn handle(event: $crate::__private::WitEvent) -> $crate::__private::WitVerdict {
                     $crate::__private::handle::<$policy>(event)
+                }
+                fn accepted(event: $crate::__private::WitEvent) {
+                    $crate::__private::accepted::<$policy>(event)
                 }
             }
             $crate::__private::bindings::__nself_realtime_export_policy_module!(

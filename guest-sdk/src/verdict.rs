@@ -29,6 +29,9 @@ pub enum Verdict {
         code: String,
         /// Human readable message.
         message: String,
+        /// Extra data for the client's `error.details` (a JSON object; the host adds
+        /// `plugin`), e.g. `{"retryAfterMs": 1500}`.
+        details: Option<Value>,
     },
 }
 
@@ -54,6 +57,29 @@ impl Verdict {
         Verdict::Reject {
             code: code.into(),
             message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Adds details to a rejection: a JSON object the client receives as `error.details`
+    /// (beside `plugin`, which the host sets). No effect on other verdicts.
+    ///
+    /// ```
+    /// use nself_realtime_guest::{Verdict, codes};
+    /// use serde_json::json;
+    ///
+    /// let v = Verdict::reject(codes::RATE_LIMIT_EXCEEDED, "slow down")
+    ///     .with_details(json!({"retryAfterMs": 1500}));
+    /// assert_eq!(v.reject_details(), Some(&json!({"retryAfterMs": 1500})));
+    /// ```
+    pub fn with_details(self, details: Value) -> Self {
+        match self {
+            Verdict::Reject { code, message, .. } => Verdict::Reject {
+                code,
+                message,
+                details: Some(details),
+            },
+            other => other,
         }
     }
 
@@ -83,6 +109,14 @@ impl Verdict {
             _ => None,
         }
     }
+
+    /// The details of a [`Verdict::Reject`], if it has any.
+    pub fn reject_details(&self) -> Option<&Value> {
+        match self {
+            Verdict::Reject { details, .. } => details.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// What a module says about itself when loaded (returned by
@@ -106,6 +140,9 @@ pub struct Descriptor {
     pub events: Vec<String>,
     /// Lower runs first.
     pub priority: i32,
+    /// Events whose acceptance by the server the module wants to hear of
+    /// ([`Policy::accepted`](crate::Policy::accepted)).
+    pub accepted: Vec<String>,
 }
 
 impl Descriptor {
@@ -116,6 +153,7 @@ impl Descriptor {
             version: version.into(),
             events: vec!["*".to_owned()],
             priority: 0,
+            accepted: Vec::new(),
         }
     }
 
@@ -132,6 +170,18 @@ impl Descriptor {
     /// Sets the priority (lower runs first).
     pub fn with_priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Asks to hear, through [`Policy::accepted`](crate::Policy::accepted), of these events
+    /// once the server accepted them (its own rules passed and it was carried out): count what
+    /// was accepted, not what was merely attempted.
+    pub fn with_accepted<I, S>(mut self, events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.accepted = events.into_iter().map(Into::into).collect();
         self
     }
 }

@@ -25,6 +25,9 @@ pub mod code {
     pub const RATE_LIMIT_EXCEEDED: &str = "RATE_LIMIT_EXCEEDED";
     /// A policy module said no.
     pub const POLICY_REJECTED: &str = "POLICY_REJECTED";
+    /// A policy module that covers the event failed to load: the event is refused until it
+    /// loads or is removed (`details.plugin` names the file).
+    pub const POLICY_UNAVAILABLE: &str = "POLICY_UNAVAILABLE";
     /// The connection's token expired.
     pub const TOKEN_EXPIRED: &str = "TOKEN_EXPIRED";
     /// The server cannot answer now (its database did not answer in time); retry after

@@ -73,12 +73,18 @@ pub fn claims(bytes: &[u8]) {
 /// and a rewrite validated as the request it claims to be.
 pub fn verdict(tag: u8, text: &str, message: &str) {
     use crate::policy::bindings::{Rejection, Verdict};
-    let v = match tag % 3 {
+    let v = match tag % 6 {
         0 => Verdict::Allow,
         1 => Verdict::Modify(text.to_string()),
+        3 | 4 => Verdict::Reject(Rejection {
+            code: "MODULE_CODE".into(),
+            message: message.to_string(),
+            details_json: Some(text.to_string()),
+        }),
         _ => Verdict::Reject(Rejection {
             code: text.to_string(),
             message: message.to_string(),
+            details_json: None,
         }),
     };
     if let Ok(Some(rewritten)) = crate::policy::check_verdict_for_fuzzing(v, "fuzz", 1 << 20) {

@@ -32,6 +32,17 @@ pub struct ModuleLabel {
     pub module: String,
 }
 
+/// Label of policy verdicts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// Module name.
+    pub module: String,
+    /// allow, modify, reject, error.
+    pub verdict: crate::policy::VerdictKind,
+    /// enforce or shadow.
+    pub mode: crate::policy::Mode,
+}
+
 /// Label of refused connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -109,6 +120,10 @@ pub struct Metrics {
     pub plugin_call_seconds: Family<ModuleLabel, Histogram>,
     /// Module files that failed to load.
     pub plugin_load_failures: Counter,
+    /// Verdicts by module, verdict and mode (shadow verdicts are recorded, not carried out).
+    pub plugin_verdicts: Family<VerdictLabel, Counter>,
+    /// `accepted` notifications dropped (the worker's queue was full).
+    pub plugin_accepted_dropped: Family<ModuleLabel, Counter>,
     /// Whether Redis answers (1) or not (0); 0 as well when it is not configured.
     pub redis_up: Gauge,
     /// Broadcasts published to the other instances.
@@ -222,6 +237,8 @@ impl Metrics {
                 ])
             }),
             plugin_load_failures: Counter::default(),
+            plugin_verdicts: Family::default(),
+            plugin_accepted_dropped: Family::default(),
             redis_up: Gauge::default(),
             redis_published: Counter::default(),
             redis_dropped: Family::default(),
@@ -352,6 +369,16 @@ impl Metrics {
             "plugin_load_failures",
             "Policy module files that failed to load",
             m.plugin_load_failures.clone(),
+        );
+        registry.register(
+            "plugin_verdicts",
+            "Policy module verdicts, by module, verdict (allow, modify, reject, error) and mode (enforce, shadow)",
+            m.plugin_verdicts.clone(),
+        );
+        registry.register(
+            "plugin_accepted_dropped",
+            "Accepted notifications not delivered to a module (queue full)",
+            m.plugin_accepted_dropped.clone(),
         );
         registry.register(
             "redis_up",

@@ -615,3 +615,28 @@ fn scripts_pass_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The guest SDK is published on its own, so it carries a copy of the interface: the copy must
+/// be the interface the host implements, byte for byte.
+#[test]
+fn guest_sdk_carries_the_hosts_interface() {
+    let root = repo();
+    let host = std::fs::read(root.join("wit/realtime.wit")).expect("wit/realtime.wit");
+    let sdk = std::fs::read(root.join("guest-sdk/wit/realtime.wit")).expect("guest-sdk/wit");
+    assert!(
+        host == sdk,
+        "guest-sdk/wit/realtime.wit differs from wit/realtime.wit: copy it over"
+    );
+    let text = String::from_utf8_lossy(&host);
+    let version = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("package nself:realtime@"))
+        .map(|v| v.trim_end_matches(';').to_string())
+        .expect("package line in wit/realtime.wit");
+    let manifest =
+        std::fs::read_to_string(root.join("guest-sdk/Cargo.toml")).expect("guest-sdk/Cargo.toml");
+    assert!(
+        manifest.contains(&format!("version = \"{version}\"")),
+        "guest-sdk/Cargo.toml should carry the interface version {version}"
+    );
+}

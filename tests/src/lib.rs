@@ -33,6 +33,14 @@ pub use host::{HttpResponse, TestHost};
 pub use nself_realtime::store::{RoomType, Visibility};
 pub use token::{TEST_SECRET, token, user_token};
 
+/// A loopback TCP port free at the time of asking (for a server a test starts itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Shorthand for the `Duration` of `ms` milliseconds; tests read better with it.
 pub fn ms(ms: u64) -> std::time::Duration {
     std::time::Duration::from_millis(ms)

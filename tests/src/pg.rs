@@ -5,7 +5,6 @@
 //! Private servers use the `initdb`/`pg_ctl` of the installed PostgreSQL; when the tests run as
 //! root they run them as the `postgres` user (PostgreSQL refuses to run as root).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -135,13 +134,6 @@ fn pg_bin() -> PathBuf {
         .expect("PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -173,7 +165,7 @@ impl PrivatePg {
             );
         }
         let pg = PrivatePg {
-            port: free_port(),
+            port: crate::free_port(),
             dir,
             bin: pg_bin(),
             as_postgres,

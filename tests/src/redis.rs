@@ -5,7 +5,6 @@
 //!
 //! The shared server is `redis://127.0.0.1:6379`, or `NSELF_TEST_REDIS`.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,13 +70,6 @@ impl SharedRedis {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A `redis-server` of one test (no persistence), on a port of its own.
 pub struct PrivateRedis {
     /// Its port.
@@ -90,7 +82,7 @@ impl PrivateRedis {
     /// Starts it and waits until it answers `PING` (10 s at most).
     pub async fn start() -> PrivateRedis {
         let mut r = PrivateRedis {
-            port: free_port(),
+            port: crate::free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };

@@ -124,17 +124,37 @@ async fn a_module_that_keeps_failing_is_quarantined() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_imports_and_other_versions_are_refused_at_load() {
-    for (fixture, needle) in [("fs-import", "wasi:filesystem"), ("other-version", "0.2.0")] {
-        let host = host_with(fixture, "").await;
+    for (fixture, needle) in [("fs-import", "wasi:filesystem"), ("other-version", "0.9.0")] {
+        // Never loaded, and its sidecar says nothing: the events it covers (its sidecar's
+        // `events`) are refused, naming the file.
+        let host = host_with(fixture, "events = [\"message:send\"]\n").await;
         let s = status_of(&host, fixture).await;
-        assert_eq!(s["status"], "failed", "{fixture}: {s}");
+        assert_eq!(s["status"], "blocking", "{fixture}: {s}");
         let error = s["error"].as_str().unwrap_or_default();
         assert!(error.contains(needle), "{fixture}: {error}");
-        // Nothing of it runs: events pass.
+        let mut sender = host.joined("sender", "general").await;
+        let ack = sender.send_message("general", "hello").await;
+        assert_eq!(
+            ack["error"]["code"], "POLICY_UNAVAILABLE",
+            "{fixture}: {ack}"
+        );
+        assert_eq!(
+            ack["error"]["details"]["plugin"],
+            format!("{fixture}.wasm"),
+            "{fixture}: {ack}"
+        );
+        let health = host.http_request("/health", &[]).await.json();
+        assert_eq!(health["status"], "degraded", "{fixture}: {health}");
+        assert_eq!(health["plugins"]["blocking"], 1, "{fixture}: {health}");
+        // With `on_error = "allow"` the operator opted out: nothing of it runs, events pass.
+        let host = host_with(fixture, "on_error = \"allow\"\n").await;
+        let s = status_of(&host, fixture).await;
+        assert_eq!(s["status"], "failed", "{fixture}: {s}");
         let mut sender = host.joined("sender", "general").await;
         let ack = sender.send_message("general", "hello").await;
         assert_eq!(ack["success"], json!(true), "{fixture}: {ack}");
         let health = host.http_request("/health", &[]).await.json();
         assert_eq!(health["status"], "degraded", "{fixture}: {health}");
+        assert_eq!(health["plugins"]["failed"], 1, "{fixture}: {health}");
     }
 }

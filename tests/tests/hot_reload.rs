@@ -122,13 +122,19 @@ async fn modules_swap_under_traffic_without_losing_a_message() {
     let deadline = t2 + Duration::from_secs(5);
     let status = loop {
         let s = host.http_request("/metrics/plugins", &[]).await.json();
-        if s["plugins"][0]["status"] == "failed" {
+        if s["plugins"][0]["status"] == "stale" {
             break s;
         }
         assert!(Instant::now() < deadline, "invalid file not reported: {s}");
         tokio::time::sleep(ms(50)).await;
     };
     assert!(status["plugins"][0]["error"].as_str().is_some(), "{status}");
+    assert_eq!(status["plugins"][0]["serving"], true, "{status}");
+    // /health tells "a version serves" from "the file failed".
+    let health = host.http_request("/health", &[]).await.json();
+    assert_eq!(health["plugins"]["serving"], 1, "{health}");
+    assert_eq!(health["plugins"]["stale"], 1, "{health}");
+    assert_eq!(health["plugins"]["blocking"], 0, "{health}");
     let after_invalid = Instant::now();
     tokio::time::sleep(ms(500)).await;
     {

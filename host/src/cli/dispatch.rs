@@ -8,6 +8,7 @@ use crate::store::Store;
 pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Plugins { json } => return super::plugins::run(config, json).await,
+        Command::Plugin { action } => return super::plugin::run(action),
         Command::Healthcheck {
             ready,
             timeout_ms,
@@ -24,6 +25,7 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
         // `serve` is dispatched by main, the commands that need no store above.
         Command::Serve
         | Command::Plugins { .. }
+        | Command::Plugin { .. }
         | Command::Healthcheck { .. }
         | Command::Status { .. }
         | Command::Uninstall { .. } => Ok(()),

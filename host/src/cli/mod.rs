@@ -4,6 +4,7 @@
 mod client;
 mod dispatch;
 mod figures;
+mod plugin;
 mod plugins;
 mod print;
 mod rooms;
@@ -64,11 +65,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List policy modules (name, version, hash, status, calls, rejects, traps, p50/p99).
+    /// List policy modules (status, mode, hash, calls and verdicts, p50/p99). Exits 1 when a
+    /// module file failed to load or a module is quarantined.
     Plugins {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// A module author's tools: `plugin new|check|run` (no server needed).
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        action: PluginCommand,
     },
     /// Process, health, metrics and store figures of the server (asked over HTTP at
     /// REALTIME_HOST:REALTIME_PORT).
@@ -111,6 +119,66 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `plugin` actions.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Write a new policy module crate DIR/NAME (Cargo.toml, src/lib.rs with a tested example
+    /// policy, NAME.toml sidecar, README, a copy of the guest SDK).
+    New {
+        /// Module (and crate) name: a-z 0-9 - _, starting with a letter.
+        name: String,
+        /// Where to create the crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a module file as the server would (interface version, imports, sidecar beside it,
+    /// `describe`) and print what it says about itself; exit 1 with the reason if it would not
+    /// load.
+    Check {
+        /// The `.wasm` file.
+        file: std::path::PathBuf,
+        /// Config string for `describe` (default: the sidecar's `config`, else "").
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Send a module one event and print its verdict as JSON.
+    Run {
+        /// The `.wasm` file.
+        file: std::path::PathBuf,
+        /// Event name (message:send, room:join, typing:start, connect, ...).
+        #[arg(long)]
+        event: String,
+        /// The event's payload (JSON).
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// The sender's user id (default: anonymous).
+        #[arg(long)]
+        user: Option<String>,
+        /// The sender's roles, comma-separated (the token's `roles` claim).
+        #[arg(long)]
+        roles: Option<String>,
+        /// The targeted room (room info for the module; a public channel unless said
+        /// otherwise).
+        #[arg(long)]
+        room: Option<String>,
+        /// The room's type (channel, dm, group, broadcast).
+        #[arg(long)]
+        room_type: Option<String>,
+        /// The room's visibility (public, private, secret).
+        #[arg(long)]
+        visibility: Option<String>,
+        /// The sender's role in the room (admin, moderator, member, guest).
+        #[arg(long)]
+        member_role: Option<String>,
+        /// Config string for `describe` (default: the sidecar's `config`, else "").
+        #[arg(long)]
+        config: Option<String>,
     },
 }
 

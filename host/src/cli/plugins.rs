@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::policy::{Policies, Settings, kv::MemoryKv};
 
-/// Prints the module table (or JSON).
+/// Prints the module table (or JSON); an error (exit 1) when a module file failed to load or
+/// a module is quarantined, after the table.
 pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     let (source, list) = match from_server(config).await {
         Some(list) => ("server", list),
@@ -20,39 +21,73 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         let body = serde_json::json!({ "source": source, "plugins": list });
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&body)?);
-        return Ok(());
+    } else {
+        table(&mut out, config, source, &list);
     }
+    let failed: Vec<String> = list
+        .iter()
+        .filter(|p| p.get("error").is_some_and(|e| !e.is_null()) || p["status"] == "quarantined")
+        .map(|p| format!("{} ({})", s(p, "file"), s(p, "status")))
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("policy module trouble: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn s(v: &Value, k: &str) -> String {
+    v.get(k).and_then(Value::as_str).unwrap_or("-").to_string()
+}
+
+fn n(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_u64)
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn table(out: &mut impl Write, config: &Config, source: &str, list: &[Value]) {
     if source == "local" {
         let _ = writeln!(
             out,
             "(no server answered on port {}: modules as loaded by this command, no call figures)",
             config.port
         );
-    }
-    let _ = writeln!(out, "{}", "=".repeat(110));
-    let _ = writeln!(
-        out,
-        "{:<20} {:<10} {:<12} {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}  FILE",
-        "NAME", "VERSION", "STATUS", "HASH", "CALLS", "REJECTS", "TRAPS", "P50(us)", "P99(us)"
-    );
-    let _ = writeln!(out, "{}", "-".repeat(110));
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    let n = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_u64)
-            .map(|x| x.to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    for p in &list {
+    } else {
         let _ = writeln!(
             out,
-            "{:<20} {:<10} {:<12} {:<14} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+            "(calls and verdicts since the server started, summed over reloads; a shadow module's REJECTS and MODIFIES are what it would have done)"
+        );
+    }
+    let _ = writeln!(out, "{}", "=".repeat(128));
+    let _ = writeln!(
+        out,
+        "{:<18} {:<9} {:<11} {:<7} {:<12} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8}  FILE",
+        "NAME",
+        "VERSION",
+        "STATUS",
+        "MODE",
+        "HASH",
+        "CALLS",
+        "REJECTS",
+        "MODIFIES",
+        "TRAPS",
+        "P50(us)",
+        "P99(us)"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(128));
+    for p in list {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<9} {:<11} {:<7} {:<12} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8}  {}",
             s(p, "name"),
             s(p, "version"),
             s(p, "status"),
+            s(p, "mode"),
             s(p, "hash"),
             n(p, "calls"),
             n(p, "rejects"),
+            n(p, "modifies"),
             n(p, "failures"),
             n(p, "p50Us"),
             n(p, "p99Us"),
@@ -62,8 +97,11 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<()> {
             let _ = writeln!(out, "    error: {e}");
         }
     }
-    let _ = writeln!(out, "{}", "=".repeat(110));
-    Ok(())
+    let _ = writeln!(out, "{}", "=".repeat(128));
+    let _ = writeln!(
+        out,
+        "HASH: first 12 hex digits of the SHA-256 of the .wasm file (sha256sum FILE); the sidecar's is in --json (sidecarHash)"
+    );
 }
 
 /// Asks the running server; None when nothing answers.

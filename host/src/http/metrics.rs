@@ -115,8 +115,47 @@ pub async fn metrics(
         "memory": { "used": used, "total": total, "percentage": percentage },
         "cpu": { "usage": cpu().sample() },
         "redis": redis_json(&app),
+        "plugins": plugins_json(&app),
     }))
     .into_response()
+}
+
+/// The policy modules of the JSON form: totals and each file's figures (calls and verdicts
+/// since the server started, across reloads; `error` when the file failed to load).
+fn plugins_json(app: &App) -> serde_json::Value {
+    let Some(policies) = &app.policies else {
+        return json!({ "enabled": false });
+    };
+    let list = policies.status();
+    let sum = |f: fn(&crate::policy::PluginStatus) -> u64| list.iter().map(f).sum::<u64>();
+    let modules: Vec<serde_json::Value> = list
+        .iter()
+        .map(|p| {
+            json!({
+                "file": p.file,
+                "name": p.name,
+                "status": p.status,
+                "mode": p.mode,
+                "calls": p.calls,
+                "rejects": p.rejects,
+                "modifies": p.modifies,
+                "failures": p.failures,
+                "accepted": p.accepted,
+                "error": p.error,
+            })
+        })
+        .collect();
+    json!({
+        "enabled": true,
+        "serving": list.iter().filter(|p| p.serving).count(),
+        "failed": list.iter().filter(|p| p.error.is_some()).count(),
+        "blocking": list.iter().filter(|p| p.status == "blocking").count(),
+        "calls": sum(|p| p.calls),
+        "rejects": sum(|p| p.rejects),
+        "modifies": sum(|p| p.modifies),
+        "failures": sum(|p| p.failures),
+        "modules": modules,
+    })
 }
 
 /// `GET <metrics path>/plugins`: every policy module file with its status and call figures

@@ -94,6 +94,9 @@ pub struct Session {
     policy_identity: Option<crate::policy::PolicyIdentity>,
     /// The policy decisions of the event being handled (for its audit row).
     policy_trail: Vec<crate::policy::Decision>,
+    /// The payload the chain let through for the event being handled, and its room (what
+    /// the modules that asked hear of once the server accepted the event).
+    policy_handled: Option<(Value, Option<crate::policy::PolicyRoom>)>,
 }
 
 impl Session {
@@ -121,6 +124,7 @@ impl Session {
             closing: false,
             policy_identity: None,
             policy_trail: Vec::new(),
+            policy_handled: None,
         }
     }
 
@@ -200,6 +204,7 @@ pub async fn handle(
     app.metrics.events.get_or_create(&label).inc();
     app.metrics.event_seen();
     session.policy_trail.clear();
+    session.policy_handled = None;
     let result = run(app, session, conn, kind, &payload).await;
     let trail = std::mem::take(&mut session.policy_trail);
     app.metrics
@@ -211,6 +216,18 @@ pub async fn handle(
     match result {
         Ok((data, audited)) => {
             audit_with(app, session, kind.name(), audited, &trail);
+            // The modules that asked hear that the server accepted it (off the event path).
+            if let (Some(p), Some((handled, room))) = (&app.policies, session.policy_handled.take())
+                && let Some(identity) = &session.policy_identity
+            {
+                p.accepted(
+                    kind.name(),
+                    &handled,
+                    &session.socket_id,
+                    identity,
+                    room.as_ref(),
+                );
+            }
             let ack = match data {
                 Some(d) => json!({ "success": true, "data": d }),
                 None => json!({ "success": true }),
@@ -279,7 +296,7 @@ async fn run(
     let mut request = payload::parse(kind, payload, limits)?;
     // 3. policy chain: WebAssembly policy modules may reject or rewrite.
     if let Some(ext) = &app.policies
-        && ext.wants(kind.name())
+        && (ext.wants(kind.name()) || ext.wants_accepted(kind.name()))
     {
         request = policy::apply(app, ext, session, kind, payload, request, limits).await?;
     }

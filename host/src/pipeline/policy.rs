@@ -25,18 +25,20 @@ pub(super) async fn apply(
         .policy_identity
         .get_or_insert_with(|| PolicyIdentity::new(&session.identity))
         .clone();
-    match ext.run(
+    let result = ext.run(
         kind.name(),
         payload,
         &session.socket_id,
         &identity,
         room.as_ref(),
-    ) {
+    );
+    match result {
         ChainResult::Pass {
             payload: None,
             decisions,
         } => {
             session.policy_trail = decisions;
+            session.policy_handled = Some((payload.clone(), room));
             Ok(request)
         }
         ChainResult::Pass {
@@ -46,11 +48,16 @@ pub(super) async fn apply(
             let module = decisions
                 .iter()
                 .rev()
-                .find(|d| d.verdict == crate::policy::VerdictKind::Modify)
+                .find(|d| {
+                    d.verdict == crate::policy::VerdictKind::Modify
+                        && d.mode == crate::policy::Mode::Enforce
+                })
                 .map(|d| d.module.clone())
                 .unwrap_or_default();
             session.policy_trail = decisions;
-            payload::parse(kind, &rewritten, limits).map_err(|e| {
+            let parsed = payload::parse(kind, &rewritten, limits);
+            session.policy_handled = Some((rewritten, room));
+            parsed.map_err(|e| {
                 EventError::new(
                     code::POLICY_REJECTED,
                     format!("Policy {module} produced an invalid payload"),

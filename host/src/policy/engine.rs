@@ -16,8 +16,7 @@ use wasmtime::{
 };
 
 use super::bindings::{
-    self, Descriptor, Event, Host, Level, POLICY_EXPORT, POLICY_EXPORT_PREFIX, PolicyModule,
-    PolicyModulePre, Verdict,
+    Descriptor, EXPORT_V1, EXPORT_V2, Event, Level, POLICY_EXPORT_PREFIX, Verdict, Version, v1, v2,
 };
 use super::kv::KvStore;
 
@@ -41,13 +40,13 @@ pub enum LoadError {
     #[error("not a valid policy component: {0}")]
     Compile(String),
     /// Built against another interface version.
-    #[error("built against interface {found}, this server speaks {POLICY_EXPORT}")]
+    #[error("built against interface {found}, this server speaks {EXPORT_V2} and {EXPORT_V1}")]
     Version {
         /// The export found.
         found: String,
     },
     /// Does not export the policy interface.
-    #[error("does not export {POLICY_EXPORT}")]
+    #[error("does not export {EXPORT_V2} (or {EXPORT_V1})")]
     NoExport,
     /// Imports a capability policies are not granted.
     #[error("imports {0}, which policy modules are not granted")]
@@ -162,37 +161,57 @@ impl Runtime {
         Ok(component)
     }
 
+    /// The names of what a component imports (interfaces and functions).
+    pub fn imports(&self, component: &Component) -> Vec<String> {
+        component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
     /// Checks the component's interface, links it, instantiates it once and calls `describe`.
+    /// `label` names the module in log lines until `describe` has named it.
     pub fn load(
         &self,
         component: Component,
         limits: Limits,
         kv: Arc<dyn KvStore>,
         config: &str,
+        label: &str,
     ) -> Result<(Module, Descriptor), LoadError> {
-        check_interface(&self.engine, &component)?;
+        let version = check_interface(&self.engine, &component)?;
+        let describe_err = |e: wasmtime::Error| LoadError::Describe(format!("{e:#}"));
         let mut linker: Linker<State> = Linker::new(&self.engine);
-        PolicyModule::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        super::wasi::define(&mut linker, &self.engine, &component)
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        match version {
+            Version::V1 => v1::PolicyModule::add_to_linker::<
+                State,
+                wasmtime::component::HasSelf<State>,
+            >(&mut linker, |s| s),
+            Version::V2 => v2::PolicyModule::add_to_linker::<
+                State,
+                wasmtime::component::HasSelf<State>,
+            >(&mut linker, |s| s),
+        }
+        .map_err(describe_err)?;
+        super::wasi::define(&mut linker, &self.engine, &component).map_err(describe_err)?;
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(PolicyModulePre::new)
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+            .map_err(describe_err)?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(describe_err)?;
+        let pre = match version {
+            Version::V1 => v1::PolicyModulePre::new(instance_pre).map(Pre::V1),
+            Version::V2 => v2::PolicyModulePre::new(instance_pre).map(Pre::V2),
+        }
+        .map_err(describe_err)?;
         let module = Module {
             engine: self.engine.clone(),
             pre,
             limits,
             kv,
             config: config.to_string(),
-            name: Arc::from("(loading)"),
+            // Until `describe` names it, the module is known by its file.
+            name: Arc::from(label),
             pool: Mutex::new(Vec::new()),
         };
         let (inst, descriptor) = module
@@ -207,6 +226,9 @@ impl Runtime {
             name: Arc::from(descriptor.name.as_str()),
             ..module
         };
+        // From here on the instance's log lines carry the module's name, not its file's.
+        let mut inst = inst;
+        inst.store.data_mut().module = module.name.clone();
         module.release(inst);
         Ok((module, descriptor))
     }
@@ -227,14 +249,18 @@ fn ticks(d: Duration) -> u64 {
         .max(1)
 }
 
-/// Refuses a component that does not export this host's interface version, or that imports a
-/// capability policies are not granted (filesystem, sockets, HTTP).
-fn check_interface(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+/// The interface version a component exports; refuses one that exports another version, or
+/// none, or that imports a capability policies are not granted (filesystem, sockets, HTTP).
+fn check_interface(engine: &Engine, component: &Component) -> Result<Version, LoadError> {
     let ty = component.component_type();
-    let mut exported = None;
+    let mut version = None;
     for (name, _) in ty.exports(engine) {
-        if name == POLICY_EXPORT {
-            exported = Some(name.to_string());
+        if name == EXPORT_V2 {
+            version = Some(Version::V2);
+            break;
+        }
+        if name == EXPORT_V1 {
+            version = Some(Version::V1);
             break;
         }
         if name.starts_with(POLICY_EXPORT_PREFIX) {
@@ -243,9 +269,9 @@ fn check_interface(engine: &Engine, component: &Component) -> Result<(), LoadErr
             });
         }
     }
-    if exported.is_none() {
+    let Some(version) = version else {
         return Err(LoadError::NoExport);
-    }
+    };
     for (name, item) in ty.imports(engine) {
         let forbidden = ["wasi:filesystem/", "wasi:sockets/", "wasi:http/"]
             .iter()
@@ -254,7 +280,7 @@ fn check_interface(engine: &Engine, component: &Component) -> Result<(), LoadErr
             return Err(LoadError::Forbidden(name.to_string()));
         }
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Per-module limits.
@@ -271,18 +297,34 @@ pub struct State {
     module: Arc<str>,
     kv: Arc<dyn KvStore>,
     limits: StoreLimits,
+    /// The last error the module logged (a 0.1.0 module refusing its configuration panics:
+    /// its message, logged by the SDK's panic hook, says why its `describe` trapped).
+    last_error: Option<String>,
 }
 
-impl Host for State {
+impl State {
     fn log(&mut self, level: Level, message: String) {
         let message: String = message.chars().take(MAX_LOG).collect();
         let module = &*self.module;
+        // One module line is one log line: line breaks and other control characters are
+        // escaped, so a module cannot forge lines (and its name stays on the same line).
+        let mut line = String::with_capacity(message.len());
+        for c in message.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
         match level {
-            Level::Trace => tracing::trace!(target: "plugin", module, "{message}"),
-            Level::Debug => tracing::debug!(target: "plugin", module, "{message}"),
-            Level::Info => tracing::info!(target: "plugin", module, "{message}"),
-            Level::Warn => tracing::warn!(target: "plugin", module, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", module, "{message}"),
+            Level::Trace => tracing::trace!(target: "plugin", module, "{line}"),
+            Level::Debug => tracing::debug!(target: "plugin", module, "{line}"),
+            Level::Info => tracing::info!(target: "plugin", module, "{line}"),
+            Level::Warn => tracing::warn!(target: "plugin", module, "{line}"),
+            Level::Error => tracing::error!(target: "plugin", module, "{line}"),
+        }
+        if level == Level::Error {
+            self.last_error = Some(message);
         }
     }
 
@@ -309,19 +351,60 @@ impl Host for State {
     }
 }
 
-impl bindings::nself::realtime::types::Host for State {}
+/// The host imports of one interface version, over [`State`] (the versions share them).
+macro_rules! host_imports {
+    ($v:ident) => {
+        impl $v::nself::realtime::host::Host for State {
+            fn log(&mut self, level: $v::nself::realtime::host::Level, message: String) {
+                State::log(self, level.into(), message)
+            }
+            fn now_ms(&mut self) -> u64 {
+                State::now_ms(self)
+            }
+            fn kv_get(&mut self, key: String) -> Option<String> {
+                State::kv_get(self, key)
+            }
+            fn kv_set(&mut self, key: String, value: String, ttl_ms: Option<u64>) {
+                State::kv_set(self, key, value, ttl_ms)
+            }
+            fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
+                State::kv_incr(self, key, delta, ttl_ms)
+            }
+            fn kv_delete(&mut self, key: String) {
+                State::kv_delete(self, key)
+            }
+        }
+
+        impl $v::nself::realtime::types::Host for State {}
+    };
+}
+
+host_imports!(v1);
+host_imports!(v2);
+
+/// A pre-linked component of either interface version.
+enum Pre {
+    V1(v1::PolicyModulePre<State>),
+    V2(v2::PolicyModulePre<State>),
+}
+
+/// An instance's exports, of either interface version.
+enum Bound {
+    V1(v1::PolicyModule),
+    V2(v2::PolicyModule),
+}
 
 /// One instance: its store and its exports.
 struct Instance {
     store: Store<State>,
-    bindings: PolicyModule,
+    bindings: Bound,
     calls: u64,
 }
 
 /// A loaded module: its pre-linked component and its warm instances.
 pub struct Module {
     engine: Engine,
-    pre: PolicyModulePre<State>,
+    pre: Pre,
     limits: Limits,
     kv: Arc<dyn KvStore>,
     /// The sidecar's config string: every instance is configured with it.
@@ -342,25 +425,53 @@ impl Module {
                 .instances(64)
                 .trap_on_grow_failure(true)
                 .build(),
+            last_error: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Instantiation runs the module's initialisers: give it a (generous) deadline too.
         store.set_epoch_deadline(ticks(self.limits.timeout) * 10);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| CallError::Instance {
-                stage: "instantiate",
-                reason: trap_text(&e),
-            })?;
-        let descriptor = bindings
-            .nself_realtime_policy()
-            .call_describe(&mut store, &self.config)
-            .map_err(|e| CallError::Instance {
-                stage: "describe",
-                reason: trap_text(&e),
-            })?;
+        let instantiate_err = |e: wasmtime::Error| CallError::Instance {
+            stage: "instantiate",
+            reason: trap_text(&e),
+        };
+        let bindings = match &self.pre {
+            Pre::V1(pre) => Bound::V1(pre.instantiate(&mut store).map_err(instantiate_err)?),
+            Pre::V2(pre) => Bound::V2(pre.instantiate(&mut store).map_err(instantiate_err)?),
+        };
+        // A refused configuration: the module's own message (0.2.0 answers it; a 0.1.0
+        // module's panic message was logged before its trap).
+        let describe_err = |e: wasmtime::Error, store: &Store<State>| CallError::Instance {
+            stage: "describe",
+            reason: store
+                .data()
+                .last_error
+                .as_deref()
+                .map(without_location)
+                .unwrap_or_else(|| trap_text(&e)),
+        };
+        let descriptor: Descriptor = match &bindings {
+            Bound::V1(b) => match b
+                .nself_realtime_policy()
+                .call_describe(&mut store, &self.config)
+            {
+                Ok(d) => d.into(),
+                Err(e) => return Err(describe_err(e, &store)),
+            },
+            Bound::V2(b) => match b
+                .nself_realtime_policy()
+                .call_describe(&mut store, &self.config)
+            {
+                Ok(Ok(d)) => d.into(),
+                Ok(Err(message)) => {
+                    return Err(CallError::Instance {
+                        stage: "describe",
+                        reason: message.chars().take(500).collect(),
+                    });
+                }
+                Err(e) => return Err(describe_err(e, &store)),
+            },
+        };
         let inst = Instance {
             store,
             bindings,
@@ -388,10 +499,16 @@ impl Module {
             None => self.instantiate()?.0,
         };
         inst.store.set_epoch_deadline(ticks(self.limits.timeout));
-        let result = inst
-            .bindings
-            .nself_realtime_policy()
-            .call_handle(&mut inst.store, event);
+        let result = match &inst.bindings {
+            Bound::V1(b) => b
+                .nself_realtime_policy()
+                .call_handle(&mut inst.store, &event.into())
+                .map(Verdict::from),
+            Bound::V2(b) => b
+                .nself_realtime_policy()
+                .call_handle(&mut inst.store, &event.into())
+                .map(Verdict::from),
+        };
         match result {
             Ok(verdict) => {
                 inst.calls += 1;
@@ -402,6 +519,56 @@ impl Module {
             Err(e) => Err(CallError::of(&e)),
         }
     }
+}
+
+impl Module {
+    /// The interface version the module was built against.
+    pub fn version(&self) -> Version {
+        match self.pre {
+            Pre::V1(_) => Version::V1,
+            Pre::V2(_) => Version::V2,
+        }
+    }
+
+    /// Tells the module the server accepted `event` (0.2.0 modules that asked for it; a 0.1.0
+    /// module has no such export). Within the module's deadline; a failure is returned, the
+    /// instance dropped.
+    pub fn accepted(&self, event: &Event) -> Result<(), CallError> {
+        if matches!(self.pre, Pre::V1(_)) {
+            return Ok(());
+        }
+        let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut inst = match taken {
+            Some(i) => i,
+            None => self.instantiate()?.0,
+        };
+        inst.store.set_epoch_deadline(ticks(self.limits.timeout));
+        let result = match &inst.bindings {
+            Bound::V1(_) => Ok(()),
+            Bound::V2(b) => b
+                .nself_realtime_policy()
+                .call_accepted(&mut inst.store, &event.into()),
+        };
+        match result {
+            Ok(()) => {
+                inst.calls += 1;
+                self.release(inst);
+                Ok(())
+            }
+            Err(e) => Err(CallError::of(&e)),
+        }
+    }
+}
+
+/// A panic message as the SDK logs it, without the source location of the module's build
+/// (`panicked at /home/dev/my-module/src/lib.rs:10:5:` carries the author's paths).
+fn without_location(message: &str) -> String {
+    let message = message.strip_prefix("panic: ").unwrap_or(message);
+    let text = match message.split_once("panicked at ") {
+        Some((_, rest)) => rest.split_once(":\n").map_or(rest, |(_, m)| m),
+        None => message,
+    };
+    text.trim().chars().take(500).collect()
 }
 
 fn trap_text(e: &wasmtime::Error) -> String {

@@ -1,21 +1,23 @@
-//! The extension layer: WebAssembly policy modules (wasmtime components of `wit/`) that every
+//! The policy layer: WebAssembly policy modules (wasmtime components of `wit/`) that every
 //! client event, connect included, passes through before the native access rules.
 //!
 //! | file | owns |
 //! |---|---|
-//! | `bindings.rs` | the generated WIT bindings (only file naming generated types) |
+//! | `bindings.rs` | the generated WIT bindings of both interface versions (only file naming generated types) and the host's own types |
 //! | `engine.rs` | engine, limits, compile cache, a module's warm instance pool |
 //! | `wasi.rs` | the few WASI functions granted (randomness, clocks) |
-//! | `registry.rs` | live modules (atomic swap), file status, call statistics |
+//! | `registry.rs` | the chain (atomic swap): live modules and blocking files; file status, call statistics |
 //! | `watcher.rs` | hot reload |
-//! | `kv.rs` | the per-module key/value store |
+//! | `kv/` | the per-module key/value store (memory, Redis) |
 //! | `sidecar.rs` | `NAME.toml` settings |
+//! | `tools.rs` | what the CLI's `plugin check` and `plugin run` do with one file |
 
 pub(crate) mod bindings;
 mod engine;
 pub mod kv;
 mod registry;
 pub mod sidecar;
+pub mod tools;
 mod wasi;
 mod watcher;
 
@@ -29,12 +31,17 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use registry::{PluginStatus, QUARANTINE_AFTER, QUARANTINE_FOR};
+pub use sidecar::Mode;
 
 use self::bindings::{Event, Identity as WitIdentity, RoomInfo as WitRoom, Verdict};
 use self::engine::{Limits, Runtime};
 use self::kv::KvStore;
 use self::registry::{Loaded, Registry};
 use self::sidecar::OnError;
+
+/// `accepted` notifications waiting for the worker, at most (past it they are dropped and
+/// counted).
+const ACCEPTED_QUEUE: usize = 4096;
 use crate::auth::Identity;
 use crate::error::{EventError, code};
 use crate::metrics::Metrics;
@@ -77,10 +84,17 @@ pub struct Decision {
     pub version: String,
     /// What it answered.
     pub verdict: VerdictKind,
+    /// `shadow` when the answer was recorded, not carried out.
+    #[serde(skip_serializing_if = "is_enforced")]
+    pub mode: Mode,
+}
+
+fn is_enforced(m: &Mode) -> bool {
+    *m == Mode::Enforce
 }
 
 /// A module's answer as the audit log and the metrics name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VerdictKind {
     /// Let the event through unchanged.
@@ -91,6 +105,27 @@ pub enum VerdictKind {
     Reject,
     /// Failed (trap, timeout, malformed verdict, quarantine): skipped or denied by `on_error`.
     Error,
+}
+
+impl VerdictKind {
+    /// `allow`, `modify`, `reject` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Allow => "allow",
+            VerdictKind::Modify => "modify",
+            VerdictKind::Reject => "reject",
+            VerdictKind::Error => "error",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for VerdictKind {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// What the chain decided.
@@ -127,11 +162,13 @@ pub struct Settings {
     pub max_payload: usize,
 }
 
-/// The extension layer of one server.
+/// The policy layer of one server.
 pub struct Policies {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     max_payload: usize,
+    /// To the worker that delivers `accepted` notifications off the event path.
+    accepted: std::sync::mpsc::SyncSender<(Arc<Loaded>, Event)>,
 }
 
 impl Policies {
@@ -153,10 +190,16 @@ impl Policies {
             },
         ));
         registry.rescan().await;
+        let (accepted, queue) = std::sync::mpsc::sync_channel(ACCEPTED_QUEUE);
+        let worker_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("policy-accepted".into())
+            .spawn(move || deliver_accepted(queue, worker_metrics))?;
         Ok(Arc::new(Policies {
             registry,
             metrics,
             max_payload: settings.max_payload,
+            accepted,
         }))
     }
 
@@ -175,9 +218,54 @@ impl Policies {
         self.registry.status()
     }
 
-    /// Whether any live module wants this event (lets callers skip preparing room info).
+    /// The files that never loaded and refuse their events now: `(file, why)`.
+    pub fn blocking(&self) -> Vec<(String, String)> {
+        self.registry
+            .live()
+            .blocked
+            .iter()
+            .map(|b| (b.file.clone(), b.reason.clone()))
+            .collect()
+    }
+
+    /// Whether the chain concerns this event (a module wants it, or a blocking file covers
+    /// it): lets callers skip preparing room info.
     pub fn wants(&self, event: &str) -> bool {
-        self.registry.live().iter().any(|m| m.wants(event))
+        self.registry.live().wants(event)
+    }
+
+    /// Whether a live module wants to hear that the server accepted this event.
+    pub fn wants_accepted(&self, event: &str) -> bool {
+        self.registry
+            .live()
+            .modules
+            .iter()
+            .any(|m| m.wants_accepted(event))
+    }
+
+    /// The server accepted an event: the modules that asked are told, off the event path (a
+    /// full queue drops the notification and counts it).
+    pub fn accepted(
+        &self,
+        name: &str,
+        payload: &Value,
+        socket_id: &str,
+        identity: &PolicyIdentity,
+        room: Option<&PolicyRoom>,
+    ) {
+        let chain = self.registry.live();
+        let mut event = None;
+        for m in chain.modules.iter().filter(|m| m.wants_accepted(name)) {
+            let e = event
+                .get_or_insert_with(|| build_event(name, payload, socket_id, identity, room))
+                .clone();
+            if self.accepted.try_send((m.clone(), e)).is_err() {
+                self.metrics
+                    .plugin_accepted_dropped
+                    .get_or_create(&m.label)
+                    .inc();
+            }
+        }
     }
 
     /// Runs the chain for one event: modules in priority order, each seeing the previous
@@ -190,34 +278,47 @@ impl Policies {
         identity: &PolicyIdentity,
         room: Option<&PolicyRoom>,
     ) -> ChainResult {
-        let live = self.registry.live();
+        let chain = self.registry.live();
         let mut decisions = Vec::new();
-        if !live.iter().any(|m| m.wants(name)) {
+        if !chain.wants(name) {
             return ChainResult::Pass {
                 payload: None,
                 decisions,
             };
         }
-        let mut event = Event {
-            name: name.to_string(),
-            payload_json: payload.to_string(),
-            socket_id: socket_id.to_string(),
-            identity: identity.0.clone(),
-            room: room.map(|r| WitRoom {
-                name: r.name.clone(),
-                room_type: r.room_type.clone(),
-                visibility: r.visibility.clone(),
-                member_role: r.member_role.clone(),
-            }),
-        };
+        // A module file that never loaded refuses the events it would have seen (fail closed
+        // from the first second): nothing runs for them until it loads or is removed.
+        if let Some(b) = chain.blocked.iter().find(|b| b.covers(name)) {
+            let error = EventError::new(
+                code::POLICY_UNAVAILABLE,
+                format!("Policy module {} is not available", b.file),
+            )
+            .with_details(json!({ "plugin": b.file }));
+            return ChainResult::Reject { error, decisions };
+        }
+        let mut event = build_event(name, payload, socket_id, identity, room);
         let mut rewritten = None;
         let now = Instant::now();
-        for m in live.iter().filter(|m| m.wants(name)) {
+        for m in chain.modules.iter().filter(|m| m.wants(name)) {
             let outcome = if m.stats.quarantined(now) {
                 Err("quarantined after repeated failures".to_string())
             } else {
                 self.call(m, &event)
             };
+            if m.mode == Mode::Shadow {
+                // Recorded, never carried out.
+                let verdict = match &outcome {
+                    Ok(Checked::Allow) => VerdictKind::Allow,
+                    Ok(Checked::Modify(..)) => VerdictKind::Modify,
+                    Ok(Checked::Reject(e)) => {
+                        tracing::info!(module = %m.name, event = name, code = %e.code, message = %e.message, "shadow policy would reject");
+                        VerdictKind::Reject
+                    }
+                    Err(_) => VerdictKind::Error,
+                };
+                decisions.push(decision(m, verdict));
+                continue;
+            }
             let verdict = match outcome {
                 Ok(v) => v,
                 Err(reason) => {
@@ -270,19 +371,42 @@ impl Policies {
             Ok(v) => check_verdict(v, &m.name, self.max_payload),
             Err(e) => Err(e.to_string()),
         };
+        let verdict = |v: VerdictKind| crate::metrics::VerdictLabel {
+            module: m.label.module.clone(),
+            verdict: v,
+            mode: m.mode,
+        };
         match &checked {
             Ok(Checked::Reject(_)) => {
                 m.stats.succeed();
                 m.stats.rejects.fetch_add(1, Ordering::Relaxed);
                 self.metrics.plugin_rejects.get_or_create(&m.label).inc();
+                self.metrics
+                    .plugin_verdicts
+                    .get_or_create(&verdict(VerdictKind::Reject))
+                    .inc();
             }
             Ok(Checked::Modify(..)) => {
                 m.stats.succeed();
                 m.stats.modifies.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .plugin_verdicts
+                    .get_or_create(&verdict(VerdictKind::Modify))
+                    .inc();
             }
-            Ok(Checked::Allow) => m.stats.succeed(),
+            Ok(Checked::Allow) => {
+                m.stats.succeed();
+                self.metrics
+                    .plugin_verdicts
+                    .get_or_create(&verdict(VerdictKind::Allow))
+                    .inc();
+            }
             Err(reason) => {
                 self.metrics.plugin_failures.get_or_create(&m.label).inc();
+                self.metrics
+                    .plugin_verdicts
+                    .get_or_create(&verdict(VerdictKind::Error))
+                    .inc();
                 tracing::warn!(module = %m.name, %reason, "policy module failed");
                 if m.stats.fail() {
                     tracing::error!(module = %m.name, "policy module quarantined after repeated failures");
@@ -302,6 +426,44 @@ fn decision(m: &Loaded, verdict: VerdictKind) -> Decision {
         module: m.name.to_string(),
         version: m.version.to_string(),
         verdict,
+        mode: m.mode,
+    }
+}
+
+/// The event as modules see it.
+fn build_event(
+    name: &str,
+    payload: &Value,
+    socket_id: &str,
+    identity: &PolicyIdentity,
+    room: Option<&PolicyRoom>,
+) -> Event {
+    Event {
+        name: name.to_string(),
+        payload_json: payload.to_string(),
+        socket_id: socket_id.to_string(),
+        identity: identity.0.clone(),
+        room: room.map(|r| WitRoom {
+            name: r.name.clone(),
+            room_type: r.room_type.clone(),
+            visibility: r.visibility.clone(),
+            member_role: r.member_role.clone(),
+        }),
+    }
+}
+
+/// The worker of `accepted` notifications: one module call at a time, off the event path.
+fn deliver_accepted(queue: std::sync::mpsc::Receiver<(Arc<Loaded>, Event)>, metrics: Arc<Metrics>) {
+    while let Ok((m, event)) = queue.recv() {
+        match m.module.accepted(&event) {
+            Ok(()) => {
+                m.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                metrics.plugin_failures.get_or_create(&m.label).inc();
+                tracing::warn!(module = %m.name, reason = %e, "policy module failed on an accepted notification");
+            }
+        }
     }
 }
 
@@ -357,10 +519,26 @@ fn check_verdict(v: Verdict, module: &str, max_payload: usize) -> Result<Checked
             } else {
                 message
             };
+            // A module's details (0.2.0) reach the client beside `plugin`, which the host sets.
+            let mut details = match r.details_json.as_deref() {
+                None => serde_json::Map::new(),
+                Some(text) if text.len() > 4096 => {
+                    return Err("malformed verdict: rejection details over 4096 bytes".into());
+                }
+                Some(text) => match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(map)) => map,
+                    _ => {
+                        return Err(
+                            "malformed verdict: rejection details are not a JSON object".into()
+                        );
+                    }
+                },
+            };
+            details.insert("plugin".into(), json!(module));
             Ok(Checked::Reject(
                 EventError::new(code::POLICY_REJECTED, message)
                     .with_code(r.code)
-                    .with_details(json!({ "plugin": module })),
+                    .with_details(Value::Object(details)),
             ))
         }
     }

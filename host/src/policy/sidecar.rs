@@ -14,6 +14,38 @@ pub enum OnError {
     Allow,
 }
 
+/// Whether a module's verdicts are carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Its verdicts are carried out (the default).
+    #[default]
+    Enforce,
+    /// It runs on live traffic and its verdicts are recorded (metrics, audit, a log line per
+    /// reject), never carried out: a new policy tried on production traffic before it is
+    /// turned on.
+    Shadow,
+}
+
+impl Mode {
+    /// `enforce` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Mode {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// The sidecar file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +63,9 @@ pub struct Sidecar {
     pub memory_mb: Option<u64>,
     /// The string handed to `describe`.
     pub config: Option<String>,
+    /// `enforce` (the default) or `shadow`.
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 impl Sidecar {
@@ -64,5 +99,11 @@ mod tests {
         assert!(Sidecar::parse("timeout_ms = 0").is_err());
         assert!(Sidecar::parse("unknown = 1").is_err());
         assert_eq!(Sidecar::parse("").unwrap().on_error, OnError::Deny);
+        assert_eq!(
+            Sidecar::parse("mode = \"shadow\"").unwrap().mode,
+            Mode::Shadow
+        );
+        assert_eq!(Sidecar::parse("").unwrap().mode, Mode::Enforce);
+        assert!(Sidecar::parse("mode = \"dry\"").is_err());
     }
 }

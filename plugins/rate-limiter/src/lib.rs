@@ -3,15 +3,27 @@
 //! host's store is), refusing the rest with `RATE_LIMIT_EXCEEDED`.
 //!
 //! The sender is keyed by user id, else session id, else socket id. Each window is its own
-//! counter (`msg:<sender>:<window number>`, created by `kv-incr` with a TTL of one window), so a
-//! refused message counts too and a new window starts from zero.
+//! counter (`msg:<sender>:<window number>`, created by `kv-incr` with a TTL of one window), and
+//! a new window starts from zero. A refusal tells the client when the window ends
+//! (`error.details.retryAfterMs`).
 //!
-//! Config (JSON, all optional): `{"limit": 5, "windowMs": 1000}` (the defaults). Priority 1.
+//! What counts (`count`):
+//! - `"attempts"` (the default): every message the module sees, refused ones included. Strict:
+//!   a flood is cut at `limit` whatever else happens to it.
+//! - `"accepted"`: only messages the server accepted (heard through `accepted`, interface
+//!   0.2.0), so a send the server refuses (`NOT_IN_ROOM`, a validation error, a later module)
+//!   costs the user nothing. The count follows the server's answers, which the module hears
+//!   just after the client does: a burst faster than that can pass a few messages over
+//!   `limit`. For fairness limits, not for abuse.
+//!
+//! Config (JSON, all optional): `{"limit": 5, "windowMs": 1000, "count": "attempts"}` (the
+//! defaults). Priority 1.
 
 use nself_realtime_guest::{
     Descriptor, Event, Policy, Verdict, codes, export_policy, host, parse_config,
 };
 use serde::Deserialize;
+use serde_json::json;
 
 /// The sidecar's config.
 #[derive(Debug, Deserialize)]
@@ -19,6 +31,18 @@ use serde::Deserialize;
 struct Config {
     limit: u32,
     window_ms: u64,
+    count: Count,
+}
+
+/// What a window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum Count {
+    /// Every message seen.
+    #[default]
+    Attempts,
+    /// Messages the server accepted.
+    Accepted,
 }
 
 impl Default for Config {
@@ -26,6 +50,7 @@ impl Default for Config {
         Config {
             limit: 5,
             window_ms: 1000,
+            count: Count::Attempts,
         }
     }
 }
@@ -45,31 +70,54 @@ impl Policy for RateLimiter {
     }
 
     fn describe(&self) -> Descriptor {
-        Descriptor::new("rate-limiter", env!("CARGO_PKG_VERSION"))
+        let d = Descriptor::new("rate-limiter", env!("CARGO_PKG_VERSION"))
             .with_events(["message:send"])
-            .with_priority(1)
+            .with_priority(1);
+        match self.config.count {
+            Count::Attempts => d,
+            Count::Accepted => d.with_accepted(["message:send"]),
+        }
     }
 
     fn handle(&self, event: &Event) -> Verdict {
-        let id = event.identity();
-        let sender = match (id.user_id(), id.session_id()) {
-            (Some(user), _) => format!("u:{user}"),
-            (None, Some(session)) => format!("s:{session}"),
-            (None, None) => format!("k:{}", event.socket_id()),
-        };
         let window = self.config.window_ms;
-        let key = format!("msg:{sender}:{}", host::now_ms() / window);
-        let count = host::kv_incr(&key, 1, Some(window));
-        if count > i64::from(self.config.limit) {
+        let now = host::now_ms();
+        let key = key(event, now / window);
+        let used = match self.config.count {
+            // This message included.
+            Count::Attempts => host::kv_incr(&key, 1, Some(window)),
+            // Those accepted so far, plus this one.
+            Count::Accepted => host::kv_get(&key).and_then(|v| v.parse().ok()).unwrap_or(0) + 1,
+        };
+        if used > i64::from(self.config.limit) {
+            let retry_after_ms = window - now % window;
             return Verdict::reject(
                 codes::RATE_LIMIT_EXCEEDED,
                 format!(
                     "at most {} messages per {} ms",
                     self.config.limit, self.config.window_ms
                 ),
-            );
+            )
+            .with_details(json!({ "retryAfterMs": retry_after_ms }));
         }
         Verdict::allow()
+    }
+
+    fn accepted(&self, event: &Event) {
+        if self.config.count == Count::Accepted {
+            let window = self.config.window_ms;
+            host::kv_incr(&key(event, host::now_ms() / window), 1, Some(window));
+        }
+    }
+}
+
+/// The counter of the event's sender in window number `window`.
+fn key(event: &Event, window: u64) -> String {
+    let id = event.identity();
+    match (id.user_id(), id.session_id()) {
+        (Some(user), _) => format!("msg:u:{user}:{window}"),
+        (None, Some(session)) => format!("msg:s:{session}:{window}"),
+        (None, None) => format!("msg:k:{}:{window}", event.socket_id()),
     }
 }
 
@@ -79,7 +127,6 @@ export_policy!(RateLimiter);
 mod tests {
     use super::*;
     use nself_realtime_guest::testing;
-    use serde_json::json;
 
     fn send() -> Event {
         Event::new("message:send", json!({"roomName": "r", "content": "hi"}))
@@ -116,6 +163,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_says_when_the_window_ends() {
+        testing::set_now_ms(10_250);
+        let p = RateLimiter::configure(r#"{"limit": 1, "windowMs": 1000}"#).expect("config");
+        let e = send().with_user("u");
+        assert!(p.handle(&e).is_allow());
+        let v = p.handle(&e);
+        assert_eq!(v.reject_details(), Some(&json!({"retryAfterMs": 750})));
+    }
+
+    #[test]
+    fn counting_accepted_messages_only() {
+        testing::set_now_ms(0);
+        let p = RateLimiter::configure(r#"{"limit": 2, "count": "accepted"}"#).expect("config");
+        assert_eq!(p.describe().accepted, ["message:send"]);
+        let e = send().with_user("u");
+        // Seen but never accepted (say the server answered NOT_IN_ROOM): nothing counted.
+        assert_eq!(verdicts(&p, &e, 4), [true, true, true, true]);
+        p.accepted(&e);
+        assert!(p.handle(&e).is_allow());
+        p.accepted(&e);
+        assert_eq!(p.handle(&e).reject_code(), Some("RATE_LIMIT_EXCEEDED"));
+        testing::advance_ms(1000);
+        assert!(p.handle(&e).is_allow(), "a new window");
+    }
+
+    #[test]
     fn defaults_are_five_per_second() {
         testing::set_now_ms(0);
         let p = RateLimiter::configure("").expect("default");
@@ -148,6 +221,7 @@ mod tests {
     fn bad_configs_are_refused() {
         assert!(RateLimiter::configure(r#"{"windowMs": 0}"#).is_err());
         assert!(RateLimiter::configure(r#"{"limit": -1}"#).is_err());
+        assert!(RateLimiter::configure(r#"{"count": "everything"}"#).is_err());
         assert!(RateLimiter::configure(r#"{"limit": 5, "window": 1}"#).is_err());
     }
 }

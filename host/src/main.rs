@@ -31,7 +31,13 @@ fn init_tracing(config: &Config) -> anyhow::Result<Option<WorkerGuard>> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(config.log_file.is_none())
+        // Colour codes only for a terminal: never in REALTIME_LOG_FILE, nor in a file or pipe
+        // that stderr was redirected to (the plugin's server.log, the journal), nor with NO_COLOR.
+        .with_ansi(
+            config.log_file.is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(writer);
     match config.log_format {
         LogFormat::Json => builder.json().init(),

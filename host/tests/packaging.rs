@@ -1,20 +1,40 @@
 //! The nself plugin, end to end through its shell scripts (`deploy/nself/`), with `HOME` in a
-//! temporary directory and the binary built by cargo for this test (`NSELF_REALTIME_BIN`):
-//! install (twice), init, server start (and a refused second start), status and `/health`,
-//! rooms with hostile names and user ids, a message through the official socket.io-client,
-//! logs, server stop with its drain, uninstall. Plus static checks of the systemd unit
-//! (`systemd-analyze verify`), the Containerfile, `.env.example`/`plugin.json` against the
-//! variables the server reads, and shellcheck on every script.
+//! temporary directory: install (twice) from a prebuilt binary (`NSELF_REALTIME_BIN`, the one
+//! cargo built: `NSELF_REALTIME_TEST_BIN`), which copies it into the plugin's data directory and
+//! writes a `.env` (0600) with a generated secret; then, WITHOUT `NSELF_REALTIME_BIN`, init,
+//! server start (and a refused second start) of the installed copy, status and `/health`, rooms
+//! with hostile names and user ids, a message through the official socket.io-client signed with
+//! the generated secret, logs (free of colour codes, and from `REALTIME_LOG_FILE` when the
+//! `.env` sets it), server stop with its drain, uninstall. Plus static checks of the systemd
+//! unit (`systemd-analyze verify`), the Containerfile, `.env.example`/`plugin.json` against
+//! the variables the server reads, and shellcheck on every script.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SECRET: &str = "packaging-test-secret";
 const BIN: &str = env!("CARGO_BIN_EXE_nself-realtime");
+
+/// The binary install.sh is given: `NSELF_REALTIME_TEST_BIN` when set (the test command sets it
+/// to the binary of its workspace build), else the one cargo built for this test.
+fn test_bin() -> PathBuf {
+    match std::env::var_os("NSELF_REALTIME_TEST_BIN") {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            assert!(
+                bin.is_file(),
+                "NSELF_REALTIME_TEST_BIN={} does not exist",
+                bin.display()
+            );
+            bin
+        }
+        None => PathBuf::from(BIN),
+    }
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,7 +87,36 @@ impl Plugin {
             .join(".nself/logs/plugins/realtime/server.log")
     }
 
-    /// Runs a plugin script (relative to deploy/nself) with a clean environment.
+    fn env_file(&self) -> PathBuf {
+        self.data_dir().join(".env")
+    }
+
+    fn installed_bin(&self) -> PathBuf {
+        self.data_dir().join("bin/nself-realtime")
+    }
+
+    /// The `REALTIME_JWT_SECRET` lines of the plugin's `.env`.
+    fn secret_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.env_file())
+            .expect(".env")
+            .lines()
+            .filter(|l| l.starts_with("REALTIME_JWT_SECRET="))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The secret install.sh generated into the `.env`.
+    fn secret(&self) -> String {
+        let lines = self.secret_lines();
+        assert_eq!(lines.len(), 1, "one REALTIME_JWT_SECRET in .env");
+        lines[0]["REALTIME_JWT_SECRET=".len()..].to_string()
+    }
+
+    /// Runs a plugin script (relative to deploy/nself) with a clean environment. Only
+    /// install.sh is given the binary (`NSELF_REALTIME_BIN`): every other script has to find
+    /// the copy it installed. No secret in the environment either: the server takes the one
+    /// install.sh wrote into the `.env`. No NO_COLOR: the server must leave colour codes out of
+    /// its log because that is not a terminal.
     fn script(&self, script: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new("timeout");
         cmd.arg("120")
@@ -77,15 +126,15 @@ impl Plugin {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
-            .env("NSELF_REALTIME_BIN", BIN)
             .env("REALTIME_HOST", "127.0.0.1")
             .env("REALTIME_PORT", self.port.to_string())
-            .env("REALTIME_JWT_SECRET", SECRET)
             .env("REALTIME_SHUTDOWN_TIMEOUT", "5000")
             .env("REALTIME_ENABLE_PLUGINS", "false")
-            .env("NO_COLOR", "1")
             .current_dir(self.home.path())
             .stdin(Stdio::null());
+        if script == "install.sh" {
+            cmd.env("NSELF_REALTIME_BIN", test_bin());
+        }
         let out = cmd.output().expect("bash runs");
         println!(
             "$ {script} {args:?} -> {}\n{}{}",
@@ -172,8 +221,9 @@ fn http_get(port: u16, path: &str) -> (u16, Value) {
     })
 }
 
-/// The official socket.io-client sends a message through the plugin-started server.
-fn send_with_official_client(port: u16, room: &str, sender: &str) {
+/// The official socket.io-client sends a message through the plugin-started server, with
+/// tokens signed by `secret`.
+fn send_with_official_client(port: u16, secret: &str, room: &str, sender: &str) {
     let dir = repo().join("tests").join("node");
     assert!(
         dir.join("node_modules/socket.io-client").is_dir(),
@@ -185,7 +235,7 @@ fn send_with_official_client(port: u16, room: &str, sender: &str) {
         .arg(dir.join("packaging_send.mjs"))
         .current_dir(&dir)
         .env("SERVER_URL", format!("http://127.0.0.1:{port}"))
-        .env("JWT_SECRET", SECRET)
+        .env("JWT_SECRET", secret)
         .env("ROOM_NAME", room)
         .env("SENDER_ID", sender)
         .env("SCRIPT_TIMEOUT_MS", "30000")
@@ -239,14 +289,52 @@ fn hostile_room_names_are_refused(p: &Plugin) {
 fn plugin_install_run_and_uninstall() {
     let p = Plugin::new();
 
-    // install, twice: re-runnable.
-    let out = p.ok("install.sh", &[]);
-    assert!(out.contains("Realtime plugin installed"), "{out}");
-    assert!(p.data_dir().join(".env").is_file());
+    // install from a prebuilt binary: copied into the data directory, executable.
+    let install = p.script("install.sh", &[]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&install.stdout),
+        String::from_utf8_lossy(&install.stderr)
+    );
+    assert!(install.status.success(), "{printed}");
+    assert!(printed.contains("Realtime plugin installed"), "{printed}");
+    let installed = p.installed_bin();
+    let meta = std::fs::metadata(&installed).expect("install.sh installed the binary");
+    assert!(
+        meta.permissions().mode() & 0o111 != 0,
+        "installed binary executable"
+    );
+    assert_eq!(
+        meta.len(),
+        std::fs::metadata(test_bin()).unwrap().len(),
+        "the installed binary is a copy of NSELF_REALTIME_BIN"
+    );
+    // The first install generated a secret into a 0600 .env, and did not print it.
+    let env_mode = std::fs::metadata(p.env_file())
+        .expect(".env written")
+        .permissions()
+        .mode();
+    assert_eq!(env_mode & 0o777, 0o600, ".env mode {env_mode:o}");
+    let secret = p.secret();
+    assert!(
+        secret.len() >= 64 && secret.chars().all(|c| c.is_ascii_hexdigit()),
+        "generated secret of {} characters",
+        secret.len()
+    );
+    assert!(!printed.contains(&secret), "install.sh printed the secret");
     let db = p.data_dir().join("data/realtime.db");
     assert!(db.is_file(), "install applied the migrations");
+
+    // install again: re-runnable; the .env is kept byte for byte (no second secret).
+    let env_before = std::fs::read(p.env_file()).unwrap();
     let out = p.ok("install.sh", &[]);
     assert!(out.contains("Keeping the existing configuration"), "{out}");
+    assert!(
+        std::fs::read(p.env_file()).unwrap() == env_before,
+        ".env rewritten"
+    );
+    assert_eq!(p.secret_lines().len(), 1, "a second secret");
+    assert!(!out.contains(&secret), "install.sh printed the secret");
     let bad = Command::new("bash")
         .arg(plugin_dir().join("install.sh"))
         .env("HOME", p.home.path())
@@ -267,6 +355,12 @@ fn plugin_install_run_and_uninstall() {
     assert!(out.contains("Server started"), "{out}");
     let pid = p.pid().expect("PID file written");
     assert!(alive(pid));
+    // The server is the installed copy (no NSELF_REALTIME_BIN was given).
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/PID/exe"),
+        installed.canonicalize().unwrap(),
+        "server runs the installed binary"
+    );
     let err = p.fails("actions/server.sh", &["start"]);
     assert!(err.contains("already running"), "{err}");
     assert_eq!(
@@ -275,7 +369,7 @@ fn plugin_install_run_and_uninstall() {
         "the refused start left the PID file alone"
     );
 
-    // status and /health.
+    // status and /health: tokens are verified with the secret of the .env.
     let (code, health) = http_get(p.port, "/health");
     assert_eq!(code, 200, "{health}");
     assert_eq!(health["status"], "healthy", "{health}");
@@ -322,7 +416,7 @@ fn plugin_install_run_and_uninstall() {
     assert!(err.contains("room not found"), "{err}");
 
     // A message with the official client, the sender being the hostile user id.
-    send_with_official_client(p.port, "-rf", hostile_user);
+    send_with_official_client(p.port, &secret, "-rf", hostile_user);
 
     let out = p.ok("actions/rooms.sh", &["remove-member", "-rf", hostile_user]);
     assert!(out.contains("Member removed"), "{out}");
@@ -342,13 +436,21 @@ fn plugin_install_run_and_uninstall() {
     let err = p.fails("actions/rooms.sh", &["delete", "no-such-room"]);
     assert!(err.contains("room not found"), "{err}");
 
-    // logs [n]
+    // logs [n]; the log file is not a terminal: no colour codes in it.
     let out = p.ok("actions/server.sh", &["logs", "3"]);
     assert!(out.lines().count() <= 3, "{out}");
+    assert!(
+        !out.contains("\x1b["),
+        "colour codes in server logs: {out:?}"
+    );
     let err = p.fails("actions/server.sh", &["logs", "3;id"]);
     assert!(err.contains("line count"), "{err}");
     let log = std::fs::read_to_string(p.log_file()).expect("server.log");
     assert!(log.contains("nself-realtime listening"), "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "colour codes in server.log: {log:?}"
+    );
 
     // stop: SIGTERM, the drain finishes, the PID file goes.
     let started = Instant::now();
@@ -369,6 +471,30 @@ fn plugin_install_run_and_uninstall() {
     assert!(out.contains("Server started"), "{out}");
     p.ok("actions/server.sh", &["stop"]);
 
+    // REALTIME_LOG_FILE in the plugin's .env (relative: to the data directory): the server
+    // logs there, and `server logs` and `server stop` follow that file.
+    let mut env = std::fs::read_to_string(p.env_file()).unwrap();
+    env.push_str("\nREALTIME_LOG_FILE=logs/realtime.log\nREALTIME_LOG_ROTATION=never\n");
+    std::fs::write(p.env_file(), env).unwrap();
+    let configured = p.data_dir().join("logs/realtime.log");
+    let out = p.ok("actions/server.sh", &["start"]);
+    assert!(out.contains(&configured.display().to_string()), "{out}");
+    let out = p.ok("actions/server.sh", &["logs", "20"]);
+    assert!(out.contains("nself-realtime listening"), "{out}");
+    assert!(
+        !out.contains("\x1b["),
+        "colour codes in server logs: {out:?}"
+    );
+    let out = p.ok("actions/server.sh", &["stop"]);
+    assert!(out.contains("drain complete"), "{out}");
+    let log = std::fs::read_to_string(&configured).expect("REALTIME_LOG_FILE written");
+    assert!(log.contains("nself-realtime listening"), "{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(
+        !log.contains("\x1b["),
+        "colour codes in {configured:?}: {log:?}"
+    );
+
     // uninstall: refuses without --yes (no terminal), then drops the database file.
     let err = p.fails("uninstall.sh", &[]);
     assert!(err.contains("--yes"), "{err}");
@@ -376,7 +502,8 @@ fn plugin_install_run_and_uninstall() {
     let out = p.ok("uninstall.sh", &["--yes"]);
     assert!(out.contains("uninstalled"), "{out}");
     assert!(!db.exists(), "database file removed");
-    assert!(p.data_dir().join(".env").is_file(), "configuration kept");
+    assert!(!installed.exists(), "installed binary removed");
+    assert!(p.env_file().is_file(), "configuration kept");
 }
 
 #[test]
@@ -389,8 +516,16 @@ fn systemd_unit_verifies() {
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ExecStart=/usr/local/bin/nself-realtime serve",
+        "Environment=REALTIME_ENV=production",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    // No placeholder documentation link.
+    for l in unit.lines().filter(|l| l.starts_with("Documentation=")) {
+        assert!(
+            !l.contains("example.") && !l.contains("invalid") && !l.contains("TODO"),
+            "placeholder: {l}"
+        );
     }
     // The stop timeout covers the default 30 s drain.
     let stop: u64 = unit
@@ -425,8 +560,10 @@ fn systemd_unit_verifies() {
     assert!(ours.is_empty(), "systemd-analyze warns: {ours:?}");
 }
 
-/// What hadolint would be asked here, checked directly: multi-stage, pinned bases, a non-root
-/// runtime user, a HEALTHCHECK that needs no curl, the plugins volume, exec-form entrypoint.
+/// What hadolint would be asked here, checked directly: multi-stage, pinned bases (a tag by
+/// default, with the build argument that pins a digest documented), a stripped binary, CA
+/// certificates and a non-root user in the runtime stage, a HEALTHCHECK that needs no curl, the
+/// plugins volume, exec-form entrypoint.
 #[test]
 fn containerfile_lint() {
     let text = std::fs::read_to_string(repo().join("deploy/Containerfile")).unwrap();
@@ -445,15 +582,58 @@ fn containerfile_lint() {
     };
     let froms = instr("FROM");
     assert!(froms.len() >= 2, "multi-stage build");
+    // Build arguments declared before the first FROM, with their defaults: `FROM ${NAME}`.
+    let first_from = lines.iter().position(|l| l.starts_with("FROM ")).unwrap();
+    let args: Vec<(&str, &str)> = lines[..first_from]
+        .iter()
+        .filter_map(|l| l.strip_prefix("ARG "))
+        .filter_map(|a| a.trim().split_once('='))
+        .collect();
     for f in &froms {
-        let image = f.split_whitespace().nth(1).unwrap();
+        let written = f.split_whitespace().nth(1).unwrap();
+        let image = match written
+            .strip_prefix("${")
+            .and_then(|n| n.strip_suffix('}'))
+            .or_else(|| written.strip_prefix('$'))
+        {
+            Some(name) => {
+                let default = args
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .unwrap_or_else(|| panic!("FROM {written}: no ARG {name} with a default"))
+                    .1;
+                assert!(
+                    text.contains(&format!("--build-arg {name}=")) && text.contains("@sha256:"),
+                    "document how to pin {name} by digest (--build-arg {name}=...@sha256:...)"
+                );
+                default
+            }
+            None => written,
+        };
         assert!(
-            image.contains(':') && !image.ends_with(":latest"),
+            image.contains("@sha256:") || (image.contains(':') && !image.ends_with(":latest")),
             "pin {image}"
         );
     }
     let runtime_start = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
     let runtime = &lines[runtime_start..];
+    let build = &lines[..runtime_start];
+    // The shipped binary carries neither debug info nor a symbol table.
+    for setting in [
+        "CARGO_PROFILE_RELEASE_DEBUG=0",
+        "CARGO_PROFILE_RELEASE_STRIP=symbols",
+    ] {
+        assert!(
+            build.iter().any(|l| l.contains(setting)),
+            "build stage lacks {setting}"
+        );
+    }
+    assert!(
+        runtime.iter().any(|l| l.starts_with("RUN ")
+            && l.contains("install")
+            && l.contains("ca-certificates")),
+        "runtime stage installs ca-certificates"
+    );
     let user = runtime
         .iter()
         .rev()

@@ -8,7 +8,9 @@
 #          30000, plus 5 s) before escalating to SIGKILL
 # restart  stop, then start
 # status   process state, /health, /metrics and store figures (--json for scripts)
-# logs     the last n lines of the log (default 50); -f follows it
+# logs     the last n lines of the log (default 50); -f follows it. The log is REALTIME_LOG_FILE
+#          when the environment or the plugin's .env sets it (the newest rotated file), else
+#          $REALTIME_SERVER_LOG, where the server's stderr goes
 # shellcheck source=../lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
@@ -52,7 +54,7 @@ start_server() {
     fi
     if realtime_run healthcheck --ready --timeout-ms 500 >/dev/null 2>&1; then
       log_ok "Server started (PID $pid)"
-      log_info "  Log: $REALTIME_SERVER_LOG"
+      log_info "  Log: $(server_log_file)"
       return 0
     fi
     sleep 0.1
@@ -69,10 +71,11 @@ stop_server() {
     log_info "Server is not running"
     return 0
   fi
-  local drain_ms limit waited=0 log_size=0
+  local drain_ms limit waited=0 log log_size=0
   drain_ms="$(env_number REALTIME_SHUTDOWN_TIMEOUT 30000)"
   limit=$(((drain_ms + 5000) / 100))
-  [ -f "$REALTIME_SERVER_LOG" ] && log_size="$(wc -c <"$REALTIME_SERVER_LOG")"
+  log="$(server_log_file)"
+  if [ -f "$log" ]; then log_size="$(wc -c <"$log")"; fi
   log_info "Stopping realtime server (PID $pid), draining connections..."
   kill -TERM "$pid" 2>/dev/null || true
   while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$limit" ]; do
@@ -88,24 +91,11 @@ stop_server() {
     return 0
   fi
   rm -f "$REALTIME_PID_FILE"
-  if [ -f "$REALTIME_SERVER_LOG" ] &&
-    tail -c +"$((log_size + 1))" "$REALTIME_SERVER_LOG" | grep -q 'shutdown complete'; then
+  if [ -f "$log" ] && tail -c +"$((log_size + 1))" "$log" | grep -q 'shutdown complete'; then
     log_ok "Server stopped (drain complete in $((waited / 10)).$((waited % 10))s)"
   else
     log_ok "Server stopped"
   fi
-}
-
-# The file the server logs to: REALTIME_LOG_FILE (newest rotated file) or the start log.
-current_log() {
-  local file="${REALTIME_LOG_FILE:-}"
-  if [ -z "$file" ]; then
-    printf '%s\n' "$REALTIME_SERVER_LOG"
-    return
-  fi
-  case "$file" in /*) ;; *) file="$REALTIME_DATA_DIR/$file" ;; esac
-  # shellcheck disable=SC2012 # names are ours: <file> or <file>.<date>
-  ls -1t "$file" "$file".* 2>/dev/null | head -n 1 || printf '%s\n' "$file"
 }
 
 show_logs() {
@@ -118,8 +108,8 @@ show_logs() {
     esac
   done
   local file
-  file="$(current_log)"
-  if [ -z "$file" ] || [ ! -f "$file" ]; then die "No log yet at ${file:-$REALTIME_SERVER_LOG}"; fi
+  file="$(server_log_file)"
+  if [ ! -f "$file" ]; then die "No log yet at $file"; fi
   if [ -n "$follow" ]; then
     exec tail -n "$n" -f "$file"
   fi

@@ -2,11 +2,13 @@
 # Shared by the nself plugin scripts: paths, the binary, and how it is run.
 #
 # Every path can be overridden from the environment:
-#   NSELF_REALTIME_BIN      the nself-realtime binary (default: the installed copy, else PATH)
+#   NSELF_REALTIME_BIN      the nself-realtime binary (default: the copy install.sh made in
+#                           $REALTIME_DATA_DIR/bin, else PATH); install.sh copies it there
 #   REALTIME_DATA_DIR       ~/.nself/data/plugins/realtime (PID file, .env, default database)
 #   REALTIME_LOG_DIR        ~/.nself/logs/plugins/realtime (server.log)
 #   REALTIME_PID_FILE       $REALTIME_DATA_DIR/server.pid
-#   REALTIME_SERVER_LOG     $REALTIME_LOG_DIR/server.log
+#   REALTIME_SERVER_LOG     $REALTIME_LOG_DIR/server.log (the server's stderr; its log too unless
+#                           REALTIME_LOG_FILE, from the environment or the .env, names another)
 #
 # The binary always runs with $REALTIME_DATA_DIR as its working directory, so it reads
 # $REALTIME_DATA_DIR/.env and its relative defaults (./data/realtime.db, ./plugins) land there.
@@ -89,4 +91,49 @@ env_number() {
     '' | *[!0-9]*) printf '%s\n' "$default" ;;
     *) printf '%s\n' "$value" ;;
   esac
+}
+
+# A value from the environment, else from the first assignment of it in $REALTIME_DATA_DIR/.env
+# (as the server reads it: surrounding quotes or a trailing ` # comment` removed), else a default.
+env_value() {
+  local name="$1" default="${2:-}" value="${!1:-}" line raw="" found=""
+  local re="^[[:space:]]*(export[[:space:]]+)?${name}[[:space:]]*=[[:space:]]*(.*)$"
+  if [ -z "$value" ] && [ -f "$REALTIME_DATA_DIR/.env" ]; then
+    while IFS= read -r line || [ -n "$line" ]; do
+      if [[ $line =~ $re ]]; then
+        raw="${BASH_REMATCH[2]%$'\r'}"
+        found=1
+        break
+      fi
+    done <"$REALTIME_DATA_DIR/.env"
+    if [ -n "$found" ]; then
+      case "$raw" in
+        \"*) value="${raw#\"}" && value="${value%%\"*}" ;;
+        \'*) value="${raw#\'}" && value="${value%%\'*}" ;;
+        *)
+          value="${raw%%[[:space:]]#*}"
+          value="${value%"${value##*[![:space:]]}"}"
+          ;;
+      esac
+    fi
+  fi
+  printf '%s\n' "${value:-$default}"
+}
+
+# The file the server logs to: REALTIME_LOG_FILE (environment or .env; relative to the data
+# directory, the server's working directory), the newest of <file> and its rotated <file>.<date>;
+# without it, the start log $REALTIME_SERVER_LOG that receives the server's stderr.
+server_log_file() {
+  local file newest="" candidate
+  file="$(env_value REALTIME_LOG_FILE)"
+  if [ -z "$file" ]; then
+    printf '%s\n' "$REALTIME_SERVER_LOG"
+    return 0
+  fi
+  case "$file" in /*) ;; *) file="$REALTIME_DATA_DIR/$file" ;; esac
+  for candidate in "$file" "$file".*; do
+    [ -f "$candidate" ] || continue
+    if [ -z "$newest" ] || [ "$candidate" -nt "$newest" ]; then newest="$candidate"; fi
+  done
+  printf '%s\n' "${newest:-$file}"
 }

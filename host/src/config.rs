@@ -104,6 +104,8 @@ pub struct Config {
     pub port: u16,
     /// `REALTIME_CORS_ORIGIN`: allowed origins; empty or `*` allows all.
     pub cors_origins: Vec<String>,
+    /// `REALTIME_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (default none).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `REALTIME_REDIS_URL` (optional; everything in-process when unset).
     pub redis_url: Option<String>,
     /// `REALTIME_REDIS_PREFIX` (default `nself-realtime`): prefix of the Redis keys and
@@ -384,6 +386,13 @@ impl Config {
                 .map(|s| s.trim().trim_end_matches('/').to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            trusted_proxies: crate::transport::proxy::parse_list(
+                &v.string("REALTIME_TRUSTED_PROXIES", ""),
+            )
+            .map_err(|e| ConfigError::Rule {
+                var: "REALTIME_TRUSTED_PROXIES",
+                reason: e,
+            })?,
             redis_url: redis_url(&v)?,
             redis_prefix: redis_prefix(&v)?,
             database_url: database_url(&v)?,

@@ -35,6 +35,22 @@ pub mod code {
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     /// Anything else (details in the server log).
     pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
+
+    /// Every code the server itself answers with (metrics start each at zero).
+    pub const ALL: [&str; 12] = [
+        VALIDATION_ERROR,
+        ROOM_NOT_FOUND,
+        ROOM_ACCESS_DENIED,
+        ROOM_FULL,
+        NOT_IN_ROOM,
+        MUTED,
+        RATE_LIMIT_EXCEEDED,
+        POLICY_REJECTED,
+        POLICY_UNAVAILABLE,
+        TOKEN_EXPIRED,
+        SERVICE_UNAVAILABLE,
+        INTERNAL_ERROR,
+    ];
 }
 
 /// An event's failure as the client sees it.

@@ -64,8 +64,57 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// Labels of `realtime_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    /// The server's version.
+    pub version: &'static str,
+    /// This instance's node id.
+    pub node_id: String,
+}
+
+/// Reasons a connection is refused (`realtime_connections_refused_total{reason}`).
+pub const REFUSAL_REASONS: [&str; 9] = [
+    "auth_required",
+    "invalid_token",
+    "capacity",
+    "rate_limit",
+    "shutting_down",
+    "policy",
+    "busy",
+    "handshake_rate",
+    "sockets",
+];
+
+/// The standard `process_*` figures (Prometheus client conventions), set at scrape time from
+/// `/proc`.
+#[derive(Default)]
+pub struct ProcessMetrics {
+    /// User and system CPU time, seconds.
+    pub cpu_seconds: Counter<f64, AtomicU64>,
+    /// Resident memory, bytes.
+    pub resident_memory_bytes: Gauge,
+    /// Virtual memory, bytes.
+    pub virtual_memory_bytes: Gauge,
+    /// Open file descriptors.
+    pub open_fds: Gauge,
+    /// The open-file limit (soft).
+    pub max_fds: Gauge,
+    /// Start time, seconds since the epoch.
+    pub start_time_seconds: Gauge<f64, AtomicU64>,
+}
+
 /// All metrics of one server.
 pub struct Metrics {
+    /// `process_*` figures (unprefixed, in their own registry).
+    pub process: ProcessMetrics,
+    process_registry: Registry,
+    /// `realtime_build_info{version, node_id} 1`.
+    pub build_info: Family<BuildLabel, Gauge>,
+    /// Rooms in the directory (set at scrape time).
+    pub rooms: Gauge,
+    /// Active rooms (set at scrape time).
+    pub rooms_active: Gauge,
     /// Users per presence status (set at scrape time).
     pub presence_users: Family<StatusLabel, Gauge>,
     /// Seconds since start (set at scrape time).
@@ -201,6 +250,11 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("realtime");
         let m = Metrics {
+            process: ProcessMetrics::default(),
+            process_registry: Registry::default(),
+            build_info: Family::default(),
+            rooms: Gauge::default(),
+            rooms_active: Gauge::default(),
             presence_users: Family::default(),
             uptime_seconds: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
@@ -400,7 +454,96 @@ impl Metrics {
             "Redis connections re-established after a loss",
             m.redis_reconnects.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "build_info",
+            "Version and node id of this instance (always 1)",
+            m.build_info.clone(),
+        );
+        registry.register("rooms", "Rooms known to this instance", m.rooms.clone());
+        registry.register(
+            "rooms_active",
+            "Active (joinable) rooms known to this instance",
+            m.rooms_active.clone(),
+        );
+        let mut process_registry = Registry::default();
+        let p = &m.process;
+        process_registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            p.cpu_seconds.clone(),
+        );
+        process_registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            p.resident_memory_bytes.clone(),
+        );
+        process_registry.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            p.virtual_memory_bytes.clone(),
+        );
+        process_registry.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            p.open_fds.clone(),
+        );
+        process_registry.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            p.max_fds.clone(),
+        );
+        process_registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            p.start_time_seconds.clone(),
+        );
+        // Known label values exist from the start (at zero), so a dashboard or an alert sees
+        // a series before its first event.
+        for kind in crate::pipeline::EventKind::ALL {
+            let label = EventLabel { event: kind.name() };
+            let _ = m.events.get_or_create(&label);
+            let _ = m.event_seconds.get_or_create(&label);
+        }
+        for code in crate::error::code::ALL {
+            let _ = m.errors.get_or_create(&CodeLabel {
+                code: code.to_owned(),
+            });
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = m.connections_refused.get_or_create(&ReasonLabel { reason });
+        }
+        for status in ["online", "away", "busy"] {
+            let _ = m.presence_users.get_or_create(&StatusLabel { status });
+        }
+        for direction in ["out", "in"] {
+            let _ = m.redis_dropped.get_or_create(&DirectionLabel { direction });
+        }
+        Metrics {
+            registry,
+            process_registry,
+            ..m
+        }
+    }
+
+    /// Creates a loaded module's series at zero (so an alert on its failures or quarantines
+    /// has a series before the first one).
+    pub fn module_seen(&self, label: &ModuleLabel) {
+        let _ = self.plugin_calls.get_or_create(label);
+        let _ = self.plugin_rejects.get_or_create(label);
+        let _ = self.plugin_failures.get_or_create(label);
+        let _ = self.plugin_quarantines.get_or_create(label);
+        let _ = self.plugin_call_seconds.get_or_create(label);
+        let _ = self.plugin_accepted_dropped.get_or_create(label);
+    }
+
+    /// Sets `realtime_build_info` (once, at start).
+    pub fn set_build_info(&self, node_id: &str) {
+        self.build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+                node_id: node_id.to_owned(),
+            })
+            .set(1);
     }
 
     /// Counts one client event (the JSON `events` figures).
@@ -409,19 +552,111 @@ impl Metrics {
         self.events_recent.inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    /// The exposition of every metric: OpenMetrics text, or with `openmetrics == false` the
+    /// classic Prometheus text format 0.0.4 (what `text/plain` promises).
+    pub fn encode(&self, openmetrics: bool) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        let result = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process_registry))
+            .and_then(|()| encode_eof(&mut out));
+        if let Err(e) = result {
             tracing::error!(error = %e, "metrics encoding failed");
         }
-        out
+        if openmetrics { out } else { classic_text(&out) }
     }
+}
+
+/// OpenMetrics text -> Prometheus text format 0.0.4. A counter family `x` is exposed by
+/// OpenMetrics as `# TYPE x counter` with samples `x_total`; the classic format names the
+/// family after its samples (`# TYPE x_total counter`), else parsers type the samples
+/// `unknown` and find no help text for them. `# UNIT` and `# EOF` do not exist there.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + counters.len() * 16);
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classic_text_names_counter_families_after_their_samples() {
+        let m = Metrics::new();
+        m.set_build_info("node-a");
+        m.events
+            .get_or_create(&EventLabel {
+                event: "message:send",
+            })
+            .inc();
+        let open = m.encode(true);
+        assert!(open.contains("# TYPE realtime_events counter"), "{open}");
+        assert!(open.trim_end().ends_with("# EOF"), "{open}");
+        let text = m.encode(false);
+        assert!(
+            text.contains("# TYPE realtime_events_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP realtime_events_total Client events handled"));
+        assert!(text.contains(r#"realtime_events_total{event="message:send"} 1"#));
+        // Known labels at zero before their first event.
+        assert!(
+            text.contains(r#"realtime_errors_total{code="MUTED"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"realtime_build_info{version=""#), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        // Every sample belongs to a family with HELP and TYPE.
+        let families: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|r| r.split(' ').next())
+            .collect();
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap_or_default();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
+                .unwrap_or(name);
+            assert!(families.contains(family), "{sample} has no family");
+        }
+    }
 
     #[test]
     fn recent_counts_sum_the_last_hour() {

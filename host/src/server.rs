@@ -64,6 +64,7 @@ pub async fn run(
     let (store, migrations) = open_store(&config, &node_id).await?;
     let directory = load_directory(&store, &node_id, &config).await;
     let metrics = Arc::new(Metrics::new());
+    metrics.set_build_info(&node_id);
     // Stops the background tasks (and the cluster's pub/sub driver) once the links are done.
     let background = CancellationToken::new();
     let writer_stop = CancellationToken::new();
@@ -344,6 +345,7 @@ fn serve_http(
             .unwrap_or_else(transport::serve::default_max_sockets),
         header_timeout: config.header_timeout,
         write_timeout: config.write_timeout,
+        trusted_proxies: config.trusted_proxies.clone().into(),
     };
     tracing::info!(%addr, db = app.store.kind().as_str(), max_sockets = limits.max_sockets, "nself-realtime listening");
     Ok(tokio::spawn(transport::serve::serve(

@@ -468,3 +468,42 @@ async fn one_user_cannot_evict_another_users_message_ids() {
         .count();
     assert_eq!(again, 0, "the retry was delivered again");
 }
+
+/// Ten polling handshakes, each claiming another client in `X-Forwarded-For`.
+async fn spoofed_handshakes(host: &TestHost) -> Vec<u16> {
+    let http = reqwest::Client::builder().no_proxy().build().expect("http");
+    let url = format!("{}/socket.io/?EIO=4&transport=polling", host.url());
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        statuses.push(
+            http.get(&url)
+                .header("X-Forwarded-For", format!("198.51.100.{i}"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0),
+        );
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    // Not trusted: the header is ignored, every handshake is 127.0.0.1's (2 per minute).
+    let host = TestHost::start(&[
+        ("REALTIME_RATE_LIMIT", "1"),
+        ("REALTIME_TRUSTED_PROXIES", "10.0.0.0/8"),
+    ])
+    .await;
+    let statuses = spoofed_handshakes(&host).await;
+    assert_eq!(&statuses[..2], &[200, 200], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Trusted (the test connects from 127.0.0.1): each forwarded client has its own budget.
+    let host = TestHost::start(&[
+        ("REALTIME_RATE_LIMIT", "1"),
+        ("REALTIME_TRUSTED_PROXIES", "127.0.0.1/32"),
+    ])
+    .await;
+    let statuses = spoofed_handshakes(&host).await;
+    assert_eq!(statuses, vec![200; 10], "{statuses:?}");
+}

@@ -1,6 +1,6 @@
 //! Which subcommand runs, with which resources (everything but `serve`, which main runs).
 
-use super::Command;
+use super::{Command, RoomsCommand};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -20,7 +20,22 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
         Command::Uninstall { yes, json } => return super::uninstall::run(config, yes, json).await,
         _ => {}
     }
-    let store = Store::connect(&config.database_url).await?;
+    // Read-only commands open what exists: they neither create a database nor migrate one.
+    let read_only = matches!(
+        command,
+        Command::Stats { .. }
+            | Command::Connections { .. }
+            | Command::Events { .. }
+            | Command::Rooms {
+                action: None | Some(RoomsCommand::List { .. } | RoomsCommand::Info { .. }),
+                ..
+            }
+    );
+    let store = if read_only {
+        Store::open_existing(&config.database_url).await?
+    } else {
+        Store::connect(&config.database_url).await?
+    };
     match command {
         // `serve` is dispatched by main, the commands that need no store above.
         Command::Serve

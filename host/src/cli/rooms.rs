@@ -69,6 +69,7 @@ pub async fn create(store: &Store, args: CreateRoomArgs) -> anyhow::Result<()> {
     if max_members.is_some_and(|m| m < 1) {
         anyhow::bail!("--max-members must be at least 1");
     }
+    let existed = store.room(&name).await?.is_some();
     let mut room = store
         .create_room(&NewRoom {
             name,
@@ -84,10 +85,13 @@ pub async fn create(store: &Store, args: CreateRoomArgs) -> anyhow::Result<()> {
     if json {
         let mut v = serde_json::to_value(&room)?;
         v["reactivated"] = json!(reactivated);
+        v["existed"] = json!(existed);
         print_json(&v);
     } else {
         let verb = if reactivated {
             "reactivated"
+        } else if existed {
+            "exists (left unchanged)"
         } else {
             "created"
         };

@@ -14,8 +14,21 @@ use crate::store::Store;
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Prints the status; fails only when nothing at all could be read.
+/// Prints the status; then exits 1 (one line on stderr) when no server answered.
 pub async fn run(config: &Config, pid_file: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    if print_status(config, pid_file, json).await? {
+        Ok(())
+    } else {
+        anyhow::bail!("no server answers at {}", client::base_url(config))
+    }
+}
+
+/// Prints the status; true when the server answered (health or metrics).
+async fn print_status(
+    config: &Config,
+    pid_file: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<bool> {
     let process = pid_file.map(process_state);
     let health = ask(config, config.enable_health.then_some(&config.health_path)).await;
     let ready_path = format!("{}/ready", config.health_path);
@@ -26,6 +39,7 @@ pub async fn run(config: &Config, pid_file: Option<&Path>, json: bool) -> anyhow
     )
     .await;
     let store = store_figures(config).await;
+    let answered = matches!(health, Some(Ok(_))) || matches!(metrics, Some(Ok(_)));
     if json {
         print_json(&json!({
             "process": process,
@@ -35,7 +49,7 @@ pub async fn run(config: &Config, pid_file: Option<&Path>, json: bool) -> anyhow
             "metrics": answer_json(&metrics),
             "store": store,
         }));
-        return Ok(());
+        return Ok(answered);
     }
     let line = "=".repeat(60);
     outln!("\nRealtime Server Status");
@@ -79,7 +93,7 @@ pub async fn run(config: &Config, pid_file: Option<&Path>, json: bool) -> anyhow
         }
     }
     outln!("{line}\n");
-    Ok(())
+    Ok(answered)
 }
 
 /// `healthcheck`: Ok when the endpoint answered 2xx, an error (exit 1) otherwise.
@@ -225,7 +239,7 @@ async fn store_figures(config: &Config) -> Value {
             "error": format!("no database at {} (run init first)", path.display())});
     }
     let read = async {
-        let store = Store::connect(&config.database_url).await?;
+        let store = Store::open_existing(&config.database_url).await?;
         let stats = store.stats().await?;
         let events = store.events(10).await?;
         anyhow::Ok(

@@ -68,6 +68,10 @@ pub async fn metrics(
         }
         m.uptime_seconds.set(app.started.elapsed().as_secs() as i64);
         m.resident_memory_bytes.set(rss_bytes() as i64);
+        let (rooms_total, rooms_active) = app.directory.room_totals();
+        m.rooms.set(rooms_total as i64);
+        m.rooms_active.set(rooms_active as i64);
+        super::proc::sample_process(&m.process);
         let openmetrics = headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
@@ -77,7 +81,11 @@ pub async fn metrics(
         } else {
             "text/plain; version=0.0.4; charset=utf-8"
         };
-        return ([(header::CONTENT_TYPE, content_type)], m.encode()).into_response();
+        return (
+            [(header::CONTENT_TYPE, content_type)],
+            m.encode(openmetrics),
+        )
+            .into_response();
     }
     // Everything from memory: this endpoint may be reachable without credentials, so no
     // request may cost a database round trip (let alone a table count).

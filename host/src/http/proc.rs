@@ -67,3 +67,45 @@ impl CpuMeter {
         (usage * 100.0).round() / 100.0
     }
 }
+
+/// Sets the `process_*` metrics from `/proc` (Linux; elsewhere they stay at zero).
+pub fn sample_process(p: &crate::metrics::ProcessMetrics) {
+    if let Some(cpu) = cpu_seconds() {
+        let seen = p.cpu_seconds.get();
+        if cpu > seen {
+            p.cpu_seconds.inc_by(cpu - seen);
+        }
+    }
+    p.resident_memory_bytes.set(rss_bytes() as i64);
+    if let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok()
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let Some(vsize) = fields.get(20).and_then(|v| v.parse::<i64>().ok()) {
+            p.virtual_memory_bytes.set(vsize);
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        let started = fields.get(19).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(boot), Some(started)) = (boot, started) {
+            // Clock ticks since boot, USER_HZ = 100 on Linux.
+            p.start_time_seconds.set(boot + started / 100.0);
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        p.open_fds.set(dir.count() as i64);
+    }
+    let max = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<i64>().ok())
+        });
+    if let Some(max) = max {
+        p.max_fds.set(max);
+    }
+}

@@ -484,11 +484,13 @@ impl Registry {
             .load(component, limits, self.kv.clone(), &config, file)
             .map_err(|e| e.to_string())?;
         let events = sidecar.events.clone().unwrap_or(descriptor.events);
+        let label = ModuleLabel {
+            module: descriptor.name.clone(),
+        };
+        self.metrics.module_seen(&label);
         Ok(Loaded {
             stats: self.stats_of(&descriptor.name),
-            label: ModuleLabel {
-                module: descriptor.name.clone(),
-            },
+            label,
             name: Arc::from(descriptor.name.as_str()),
             version: Arc::from(descriptor.version.as_str()),
             priority: sidecar.priority.unwrap_or(descriptor.priority),

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// Creating the database directory failed.
     #[error("cannot create database directory: {0}")]
     Io(#[from] std::io::Error),
+    /// A read-only command found no database, or one without the current schema.
+    #[error("{0}")]
+    NotInitialized(String),
 }
 
 /// Everything a backend does. Implemented by SQLite (and PostgreSQL).
@@ -153,6 +156,27 @@ impl Store {
         Store::open(url, true).await.map(|(store, _)| store)
     }
 
+    /// Opens an existing database for a read-only command: nothing is created and no
+    /// migration runs. A missing SQLite file, an unreachable PostgreSQL (named by host:port)
+    /// or a database whose schema is not the current one is an error that says what to do.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            let backend = sqlite::SqliteBackend::connect_existing(url).await?;
+            return Ok(Store {
+                backend: Arc::new(backend),
+                kind: BackendKind::Sqlite,
+            });
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let backend = pg::PgBackend::connect_existing(url).await?;
+            return Ok(Store {
+                backend: Arc::new(backend),
+                kind: BackendKind::Postgres,
+            });
+        }
+        Err(StoreError::Unsupported(url.into()))
+    }
+
     /// Opens the database for a server. SQLite is opened and migrated now. PostgreSQL is
     /// migrated now when it answers; when it does not, the store is returned anyway with a
     /// task that applies the migrations once it does (the server starts degraded and keeps
@@ -257,6 +281,25 @@ where
         events_last_hour: row.try_get("events_hour")?,
         events_total: row.try_get("events_total")?,
     })
+}
+
+/// Whether a database opened by a read-only command has the schema this version migrates to
+/// (`applied`: the count of its successful migrations).
+fn check_schema(
+    applied: Result<i64, sqlx::Error>,
+    expected: usize,
+    what: &str,
+) -> Result<(), StoreError> {
+    match applied {
+        Ok(n) if n >= expected as i64 => Ok(()),
+        Ok(n) => Err(StoreError::NotInitialized(format!(
+            "the database at {what} has {n} of {expected} migrations: run `nself-realtime init` to bring it up to date"
+        ))),
+        Err(sqlx::Error::Database(_)) => Err(StoreError::NotInitialized(format!(
+            "the database at {what} has no nself-realtime schema: check DATABASE_URL, or run `nself-realtime init`"
+        ))),
+        Err(e) => Err(StoreError::Database(e)),
+    }
 }
 
 /// Whether the error means "the database did not answer" (as opposed to "it refused").

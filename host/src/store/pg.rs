@@ -61,6 +61,34 @@ impl PgBackend {
         Ok(backend)
     }
 
+    /// Opens an existing, initialized database without migrating; an unreachable server is
+    /// named by host:port.
+    pub(super) async fn connect_existing(url: &str) -> Result<PgBackend, StoreError> {
+        let opts = PgConnectOptions::from_str(url)?.application_name("nself-realtime");
+        let at = format!("{}:{}", opts.get_host(), opts.get_port());
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(|e| {
+                StoreError::NotInitialized(format!("PostgreSQL at {at} did not answer: {e}"))
+            })?;
+        let applied: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await;
+        super::check_schema(
+            applied,
+            MIGRATOR.iter().count(),
+            &format!("PostgreSQL at {at}"),
+        )?;
+        Ok(PgBackend {
+            pool,
+            origin: Default::default(),
+        })
+    }
+
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())

@@ -89,6 +89,39 @@ impl SqliteBackend {
             origin: Default::default(),
         })
     }
+
+    /// Opens an existing, initialized database without creating or migrating anything.
+    pub(super) async fn connect_existing(url: &str) -> Result<SqliteBackend, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let file = Path::new(opts.get_filename()).to_path_buf();
+        if !file.is_file() {
+            return Err(StoreError::NotInitialized(format!(
+                "no database at {}: check DATABASE_URL, or create it with `nself-realtime init`",
+                file.display()
+            )));
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        let applied: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await;
+        super::check_schema(
+            applied,
+            MIGRATOR.iter().count(),
+            &file.display().to_string(),
+        )?;
+        Ok(SqliteBackend {
+            pool,
+            origin: Default::default(),
+        })
+    }
 }
 
 async fn apply_one(

@@ -3,6 +3,7 @@
 
 mod admit;
 mod link;
+pub mod proxy;
 pub mod rate;
 pub mod serve;
 mod stall;

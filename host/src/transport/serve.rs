@@ -31,7 +31,7 @@ use super::stall::{KillSwitch, PeerAddr, StallGuard};
 use crate::metrics::{Metrics, ReasonLabel};
 
 /// What the accept loop enforces.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Open connections at most.
     pub max_sockets: usize,
@@ -40,6 +40,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// `REALTIME_WRITE_TIMEOUT` of the stall guard.
     pub write_timeout: Duration,
+    /// `REALTIME_TRUSTED_PROXIES`: connections from these name their client in
+    /// `X-Forwarded-For` (the address every later stage sees).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// The answer to a connection past the cap.
@@ -101,18 +104,28 @@ pub async fn serve(
         }
         let kill = KillSwitch::default();
         let io = TokioIo::new(StallGuard::new(stream, limits.write_timeout, kill.clone()));
+        let trusted = limits.trusted_proxies.clone();
+        let limits_here = limits.clone();
         let service = router
             .clone()
             .map_request(move |mut req: http::Request<Incoming>| {
+                let client = super::proxy::client_addr(addr, req.headers(), &trusted);
                 let ext = req.extensions_mut();
-                ext.insert(ConnectInfo(PeerAddr(addr)));
+                ext.insert(ConnectInfo(PeerAddr(client)));
                 ext.insert(kill.clone());
                 req
             });
         let stop = stop.clone();
         tracker.spawn(async move {
             let _open = open_guard;
-            connection(io, TowerToHyperService::new(service), addr, limits, stop).await;
+            connection(
+                io,
+                TowerToHyperService::new(service),
+                addr,
+                limits_here,
+                stop,
+            )
+            .await;
         });
     }
     tracker.close();

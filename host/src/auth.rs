@@ -146,6 +146,35 @@ impl Authenticator {
         }
         Ok(identity)
     }
+
+    /// Why [`Authenticator::verify`] refuses a token, for an operator (`check-token`); clients
+    /// only ever see `Invalid token`.
+    pub fn why_invalid(&self, token: &str) -> String {
+        let claims = match &self.mode {
+            Mode::Verify { key, validation } => {
+                match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+                    Ok(data) => data.claims,
+                    Err(e) => return format!("{e}"),
+                }
+            }
+            Mode::InsecureDev { leeway } => {
+                match jsonwebtoken::dangerous::insecure_decode::<Map<String, Value>>(token) {
+                    Ok(data) if check_times(&data.claims, *leeway).is_ok() => data.claims,
+                    Ok(_) => return "expired or not yet valid".into(),
+                    Err(e) => return format!("{e}"),
+                }
+            }
+        };
+        match identity_from_claims(claims) {
+            Err(_) => format!(
+                "userId (or sub) / sessionId (or sid) must be a string of 1-{MAX_ID_LEN} characters without control characters, or an integer"
+            ),
+            Ok(identity) if identity.user_id.is_none() && !self.allow_anonymous => {
+                "the token names no user (userId or sub)".into()
+            }
+            Ok(_) => "valid".into(),
+        }
+    }
 }
 
 fn key_for(config: &Config) -> Result<(Algorithm, DecodingKey), KeyError> {

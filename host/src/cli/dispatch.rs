@@ -9,6 +9,14 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
     match command {
         Command::Plugins { json } => return super::plugins::run(config, json).await,
         Command::Plugin { action } => return super::plugin::run(action),
+        Command::Token {
+            user,
+            roles,
+            session,
+            ttl,
+            json,
+        } => return super::token::mint(config, &user, &roles, session.as_deref(), &ttl, json),
+        Command::CheckToken { token, json } => return super::token::check(config, &token, json),
         Command::Healthcheck {
             ready,
             timeout_ms,
@@ -41,6 +49,8 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
         Command::Serve
         | Command::Plugins { .. }
         | Command::Plugin { .. }
+        | Command::Token { .. }
+        | Command::CheckToken { .. }
         | Command::Healthcheck { .. }
         | Command::Status { .. }
         | Command::Uninstall { .. } => Ok(()),

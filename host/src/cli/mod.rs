@@ -9,6 +9,7 @@ mod plugins;
 mod print;
 mod rooms;
 mod status;
+mod token;
 mod uninstall;
 
 pub use dispatch::run_command;
@@ -68,6 +69,32 @@ pub enum Command {
     /// List policy modules (status, mode, hash, calls and verdicts, p50/p99). Exits 1 when a
     /// module file failed to load or a module is quarantined.
     Plugins {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mint a token for testing, signed with REALTIME_JWT_SECRET (HS256/384/512).
+    Token {
+        /// The `userId` claim.
+        #[arg(long)]
+        user: String,
+        /// `roles` claim, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// `sessionId` claim (default: a new UUID).
+        #[arg(long)]
+        session: Option<String>,
+        /// Lifetime: 3600, 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Machine-readable output (the token and its claims).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a token as the server's handshake would: exit 0 with its identity, or 1 and why.
+    CheckToken {
+        /// The token.
+        token: String,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

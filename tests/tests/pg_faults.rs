@@ -371,3 +371,37 @@ async fn killed_node_users_are_announced_to_their_rooms_with_scope_rooms() {
         .await;
     drop(on_a);
 }
+
+/// A server started while its PostgreSQL is down serves (degraded) but is not ready: it has no
+/// rooms to admit joins to. Once the database answers, rooms are read and readiness follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_database_has_answered_once() {
+    let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
+    let url = pg.url();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop("immediate");
+        pg
+    })
+    .await
+    .unwrap();
+    let host = TestHost::start(&[("DATABASE_URL", &url)]).await;
+    let r = host.http_request("/health/ready", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["status"], "starting", "{}", r.body);
+    assert_eq!(host.http_get("/health/live").await.0, 200);
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start_again();
+        pg
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.http_request("/health/ready", &[]).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready after the database came back"
+        );
+        tokio::time::sleep(ms(200)).await;
+    }
+    drop(pg);
+}

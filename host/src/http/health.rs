@@ -43,6 +43,17 @@ pub async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
             })),
         );
     }
+    // Rooms are read in bulk once the database answers; until then every join would answer
+    // SERVICE_UNAVAILABLE, so a load balancer should not send clients here yet.
+    if !app.directory.is_loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "starting",
+                "reason": "the database has not answered since start: rooms are not loaded yet",
+            })),
+        );
+    }
     (StatusCode::OK, Json(json!({ "status": "ready" })))
 }
 

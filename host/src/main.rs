@@ -125,8 +125,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     nself_realtime::server::run(config, listener, shutdown).await
 }
 
+/// A command-line error as the README promises: one line on stderr, exit 1 (help and version
+/// still print in full and exit 0).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut what = Vec::new();
+    let mut usage = None;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_string());
+        } else if usage.is_none() && !line.starts_with("For more information") {
+            what.push(line.strip_prefix("error: ").unwrap_or(line).to_string());
+        }
+    }
+    match usage {
+        Some(u) => eprintln!("Error: {} (usage: {u}; --help for more)", what.join(" ")),
+        None => eprintln!("Error: {}", what.join(" ")),
+    }
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

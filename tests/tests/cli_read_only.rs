@@ -119,3 +119,18 @@ fn status_without_a_server_exits_1_and_an_existing_room_is_not_created_again() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["existed"], true, "{v}");
 }
+
+#[test]
+fn argument_errors_are_one_line_and_exit_1() {
+    for args in [
+        &["rooms", "create"][..],
+        &["--bogus"],
+        &["create-room", "-t", "weird", "x"],
+    ] {
+        let out = run(&[], args);
+        let err = one_line_error(&out);
+        assert!(err.starts_with("Error: "), "{args:?}: {err}");
+    }
+    let out = run(&[], &["--version"]);
+    assert!(out.status.success());
+}

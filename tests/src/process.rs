@@ -58,6 +58,16 @@ pub fn command(vars: &[(&str, &str)]) -> Command {
     c
 }
 
+/// Runs a CLI subcommand in a fresh temporary directory; returns its output whatever the exit.
+pub fn run_cli(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    command(vars)
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run nself-realtime")
+}
+
 /// Runs a CLI subcommand; returns stdout; panics on a non-zero exit.
 pub fn cli(vars: &[(&str, &str)], args: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -6,15 +6,10 @@
 use std::process::Output;
 
 use nself_realtime_tests::pg::FreshDb;
-use nself_realtime_tests::process::command;
+use nself_realtime_tests::process::run_cli;
 
-fn run(vars: &[(&str, &str)], args: &[&str]) -> Output {
-    let dir = tempfile::tempdir().expect("temp dir");
-    command(vars)
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .expect("run nself-realtime")
+fn run(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    run_cli(vars, args)
 }
 
 fn one_line_error(out: &Output) -> String {

@@ -1,17 +1,12 @@
 //! Issue 17: `token` mints what a real server accepts (user, roles, expiry), `check-token` says
 //! the same as the server's handshake and, when it refuses, why.
 
-use nself_realtime_tests::process::command;
+use nself_realtime_tests::process::run_cli;
 use nself_realtime_tests::{SioClient, TEST_SECRET, TestHost, ms, token};
 use serde_json::{Value, json};
 
 fn run(vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let dir = tempfile::tempdir().expect("temp dir");
-    command(vars)
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .expect("run nself-realtime")
+    run_cli(vars, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

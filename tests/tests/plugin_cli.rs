@@ -7,17 +7,12 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use nself_realtime_tests::process::{command, spawn_server};
+use nself_realtime_tests::process::{run_cli, spawn_server};
 use nself_realtime_tests::{SioClient, ms, plugin_wasm, user_token};
 use serde_json::{Value, json};
 
 fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let dir = tempfile::tempdir().expect("temp dir");
-    command(vars)
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .expect("run nself-realtime")
+    run_cli(vars, args)
 }
 
 fn stdout_json(out: &Output) -> Value {

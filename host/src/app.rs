@@ -51,6 +51,8 @@ pub struct App {
     pub claims: Arc<dyn Claims>,
     /// Scale-out over Redis (None: a single instance).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Questions to every instance (the server API's cluster-wide answers; None alone).
+    pub survey: Option<Arc<crate::cluster::survey::Survey>>,
     /// Policy modules (None when `REALTIME_ENABLE_PLUGINS=false`).
     pub policies: Option<Arc<Policies>>,
     /// `clientMessageId` memory.

@@ -200,6 +200,12 @@ pub struct Config {
     /// `REALTIME_METRICS_TOKEN`: when set, the metrics endpoints answer only requests with
     /// `Authorization: Bearer <token>` (401 otherwise).
     pub metrics_token: Option<String>,
+    /// `REALTIME_API_KEY`: turns the server API (`/api/...`) on; its requests need
+    /// `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// `REALTIME_ENABLE_ADMIN` (default false): the admin page at `/admin` (needs
+    /// `REALTIME_API_KEY`: the page calls the API with it).
+    pub enable_admin: bool,
     /// `REALTIME_ENABLE_PLUGINS` (default true).
     pub enable_plugins: bool,
     /// `REALTIME_PLUGINS_DIR` (default ./plugins).
@@ -350,6 +356,14 @@ impl Config {
             .raw("REALTIME_JWT_PUBLIC_KEY")
             .map(|k| k.replace("\\n", "\n"));
         check_auth_rules(production, jwt_algorithm, &jwt_secret, &jwt_public_key)?;
+        let api_key = v.raw("REALTIME_API_KEY");
+        let enable_admin = v.bool("REALTIME_ENABLE_ADMIN", false)?;
+        if enable_admin && api_key.is_none() {
+            return Err(ConfigError::Rule {
+                var: "REALTIME_ENABLE_ADMIN",
+                reason: "the admin page needs REALTIME_API_KEY (it signs in with that key)".into(),
+            });
+        }
         let log_format = match v.raw("LOG_FORMAT").map(|s| s.to_ascii_lowercase()) {
             None if production => LogFormat::Json,
             None => LogFormat::Pretty,
@@ -442,6 +456,8 @@ impl Config {
             enable_metrics: v.bool("REALTIME_ENABLE_METRICS", true)?,
             metrics_path: v.path("REALTIME_METRICS_PATH")?,
             metrics_token: v.raw("REALTIME_METRICS_TOKEN"),
+            api_key,
+            enable_admin,
             enable_plugins: v.bool("REALTIME_ENABLE_PLUGINS", true)?,
             plugins_dir: PathBuf::from(v.string("REALTIME_PLUGINS_DIR", "./plugins")),
             plugin_cache_dir: match v.string("REALTIME_PLUGIN_CACHE_DIR", "./data/plugin-cache") {

@@ -35,6 +35,8 @@ pub mod code {
     pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
     /// Anything else (details in the server log).
     pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
+    /// The server API: no API key, or a wrong one (HTTP 401).
+    pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
 
     /// Every code the server itself answers with (metrics start each at zero).
     pub const ALL: [&str; 12] = [

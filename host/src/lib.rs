@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`config`] | environment (+ `.env`) -> typed [`config::Config`]; errors name the variable |
 //! | [`server`] | `run(config, listener, shutdown)`: what starts, in order, and how it stops |
+//! | [`api`] | the server API for backends (`/api/...`) and the admin page (`/admin`) |
 //! | [`app`] | [`app::App`], the shared state of one server |
 //! | [`auth`] | token -> [`auth::Identity`] (pure) |
 //! | [`transport`] | the accept loop and its limits, socketioxide setup, admission, connect middleware, per-socket link (ordered inbox), per-IP connection rate |
@@ -28,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::auth::Authenticator;
 use crate::cluster::Cluster;
+use crate::cluster::survey::Survey;
 use crate::config::Config;
 use crate::dedupe::{Claims, Dedupe, LocalClaims, RedisClaims};
 use crate::fanout::{LocalRoomSockets, RedisRoomSockets, RoomSockets};
@@ -122,6 +123,7 @@ pub async fn run(
         started: Instant::now(),
         db_check: Default::default(),
         farewells: Default::default(),
+        survey: cluster.as_ref().map(|c| Survey::new(c.clone())),
     });
     sio.register(app.clone()).await;
 
@@ -131,6 +133,14 @@ pub async fn run(
     tasks.spawn(maintenance::leases(app.clone(), background.clone()));
     if let Some(p) = &policies {
         tasks.spawn(p.watch(background.clone()));
+    }
+    if let Some(s) = &app.survey {
+        let me = app.clone();
+        let answer = move |q| {
+            let app = me.clone();
+            async move { crate::api::answer(&app, q).await }
+        };
+        tasks.spawn(s.clone().serve(answer, background.clone()));
     }
     if let Some(c) = &cluster {
         tasks.spawn(maintenance::recovery(

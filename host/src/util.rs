@@ -24,6 +24,48 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
+/// Lets a log line through at most once a second (a flood of refusals must not become a flood
+/// of lines); counts the ones it held back.
+pub struct Throttle {
+    second: std::sync::atomic::AtomicI64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    /// A throttle that lets the first line through.
+    pub const fn new() -> Throttle {
+        Throttle {
+            second: std::sync::atomic::AtomicI64::new(i64::MIN),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Some(lines held back since the last one let through) when a line may be written now.
+    pub fn pass(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = Utc::now().timestamp();
+        if self.second.swap(now, Ordering::Relaxed) == now {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.held.swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle::new()
+    }
+}
+
+/// This machine's host name, if it can be read.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

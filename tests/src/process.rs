@@ -84,8 +84,7 @@ pub fn cli(vars: &[(&str, &str)], args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// Starts `nself-realtime serve` in the background with `vars`; stderr goes to the returned
-/// child's pipe.
+/// Starts `nself-realtime serve` in the background with `vars` (its output discarded).
 pub fn spawn_server(vars: &[(&str, &str)], cwd: &std::path::Path) -> Child {
     command(vars)
         .arg("serve")

@@ -58,6 +58,53 @@ pub async fn get(config: &Config, path: &str, timeout: Duration) -> anyhow::Resu
     Ok(Answer { status, body })
 }
 
+/// Calls the running server's API (`/api/...`) with `REALTIME_API_KEY`; the answer's `data`,
+/// or an error that says what went wrong (no key, refused key, the server's error code).
+pub async fn api(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let Some(key) = &config.api_key else {
+        anyhow::bail!(
+            "this command asks the running server's API: set REALTIME_API_KEY (as the server has it)"
+        );
+    };
+    let url = format!("{}{path}", base_url(config));
+    let timeout = Duration::from_secs(5);
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .no_proxy()
+        .build()?;
+    let mut req = client.request(method, &url).bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let res = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("no answer from {url}: {}", root_cause(&e)))?;
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if body["success"] == true {
+        return Ok(body["data"].clone());
+    }
+    match status {
+        404 if body.is_null() => {
+            anyhow::bail!("{url}: the server API is off (the server runs without REALTIME_API_KEY)")
+        }
+        401 => anyhow::bail!("{url}: the server refused REALTIME_API_KEY"),
+        _ => anyhow::bail!(
+            "{url}: HTTP {status}: {} {}",
+            body["error"]["code"].as_str().unwrap_or(""),
+            body["error"]["message"].as_str().unwrap_or(text.trim())
+        ),
+    }
+}
+
 /// The innermost error message (reqwest wraps the one that says what happened).
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;

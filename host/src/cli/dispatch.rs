@@ -26,6 +26,10 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
             return super::status::run(config, pid_file.as_deref(), json).await;
         }
         Command::Uninstall { yes, json } => return super::uninstall::run(config, yes, json).await,
+        Command::Nodes { json } => return super::live::nodes(config, json).await,
+        Command::Disconnect { user, socket, json } => {
+            return super::live::disconnect(config, user, socket, json).await;
+        }
         _ => {}
     }
     // Read-only commands open what exists: they neither create a database nor migrate one.
@@ -53,6 +57,8 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
         | Command::CheckToken { .. }
         | Command::Healthcheck { .. }
         | Command::Status { .. }
+        | Command::Nodes { .. }
+        | Command::Disconnect { .. }
         | Command::Uninstall { .. } => Ok(()),
         Command::Init { json } => super::figures::init(config, &store, json).await,
         Command::Stats { json } => super::figures::stats(&store, json).await,

@@ -85,24 +85,27 @@ pub async fn connections(store: &Store, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(&serde_json::to_value(&rows)?);
     } else {
-        outln!("{}", "=".repeat(100));
-        outln!("SOCKET ID            USER ID              TRANSPORT    LATENCY    CONNECTED AT");
-        outln!("{}", "-".repeat(100));
+        outln!("{}", "=".repeat(120));
+        outln!(
+            "SOCKET ID            USER ID              NODE                 TRANSPORT    LATENCY    CONNECTED AT"
+        );
+        outln!("{}", "-".repeat(120));
         for c in rows {
             let latency = c
                 .latency_ms
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "-".into());
             outln!(
-                "{:<20} {:<20} {:<12} {:<10} {}",
+                "{:<20} {:<20} {:<20} {:<12} {:<10} {}",
                 cut(&c.socket_id, 20),
                 cut(c.user_id.as_deref().unwrap_or("anonymous"), 20),
+                cut(c.node_id.as_deref().unwrap_or("-"), 20),
                 c.transport.as_deref().unwrap_or(""),
                 latency,
                 c.connected_at.to_rfc3339_opts(SecondsFormat::Millis, true)
             );
         }
-        outln!("{}", "=".repeat(100));
+        outln!("{}", "=".repeat(120));
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod client;
 mod dispatch;
 mod figures;
+mod live;
 mod plugin;
 mod plugins;
 mod print;
@@ -62,6 +63,27 @@ pub enum Command {
     RemoveMember(RemoveMemberArgs),
     /// List connected sockets.
     Connections {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the live instances of the cluster (asks the running server's API: needs
+    /// REALTIME_API_KEY).
+    Nodes {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disconnect a user's sockets or one socket, on whichever instance (asks the running
+    /// server's API: needs REALTIME_API_KEY).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "socket"])))]
+    Disconnect {
+        /// Every socket of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// This socket.
+        #[arg(long)]
+        socket: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

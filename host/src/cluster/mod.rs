@@ -15,6 +15,7 @@
 
 pub mod driver;
 pub(crate) mod lua;
+pub mod survey;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

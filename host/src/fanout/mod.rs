@@ -21,7 +21,7 @@ use crate::rooms::{USER_ROOM_PREFIX, user_room};
 #[async_trait]
 pub trait Fanout: Send + Sync + 'static {
     /// Every socket in `room`, minus the sockets of `except_user` when given.
-    async fn room(&self, room: &str, except_user: Option<&str>, event: &'static str, data: &Value);
+    async fn room(&self, room: &str, except_user: Option<&str>, event: &str, data: &Value);
     /// Every socket in any of `rooms`.
     async fn rooms(&self, rooms: Vec<String>, event: &'static str, data: &Value);
     /// Every connected socket.
@@ -34,6 +34,10 @@ pub trait Fanout: Send + Sync + 'static {
     fn is_socket_id(&self, name: &str) -> bool;
     /// Sockets of this instance per (user, client-visible room).
     fn local_room_sockets(&self) -> BTreeMap<(String, String), u32>;
+    /// This instance's sockets: (socket id, client-visible rooms).
+    fn local_sockets(&self) -> Vec<(String, Vec<String>)>;
+    /// Disconnects a socket of this instance; false when there is no such socket here.
+    fn disconnect_local(&self, socket_id: &str) -> bool;
     /// Every socket in `room` on the other instances only (nothing when this instance is
     /// alone): what a draining instance tells the cluster about the users it drops.
     async fn room_elsewhere(&self, room: &str, event: &'static str, data: &Value);
@@ -87,7 +91,7 @@ fn log_err<E: std::fmt::Display>(event: &str, r: Result<(), E>) {
 
 #[async_trait]
 impl<A: Adapter> Fanout for SocketIoFanout<A> {
-    async fn room(&self, room: &str, except_user: Option<&str>, event: &'static str, data: &Value) {
+    async fn room(&self, room: &str, except_user: Option<&str>, event: &str, data: &Value) {
         let op = self.io.to(room.to_string());
         let op = match except_user {
             Some(u) => op.except(user_room(u)),
@@ -168,6 +172,42 @@ impl<A: Adapter> Fanout for SocketIoFanout<A> {
             None => self.io.except(local.clone()),
         };
         log_err(event, op.emit(event, data).await);
+    }
+
+    fn local_sockets(&self) -> Vec<(String, Vec<String>)> {
+        let Some(ns) = self.io.of("/") else {
+            return Vec::new();
+        };
+        ns.local()
+            .sockets()
+            .into_iter()
+            .map(|s| {
+                let mut rooms: Vec<String> = s
+                    .rooms()
+                    .into_iter()
+                    .filter(|r| !r.starts_with('#'))
+                    .map(|r| r.to_string())
+                    .collect();
+                rooms.sort();
+                (s.id.to_string(), rooms)
+            })
+            .collect()
+    }
+
+    fn disconnect_local(&self, socket_id: &str) -> bool {
+        let socket = socket_id
+            .parse()
+            .ok()
+            .and_then(|sid| self.io.get_socket(sid));
+        match socket {
+            Some(s) => {
+                if let Err(e) = s.disconnect() {
+                    tracing::debug!(socket_id, error = %e, "disconnect not sent");
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     fn is_socket_id(&self, name: &str) -> bool {

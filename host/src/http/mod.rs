@@ -36,7 +36,7 @@ pub fn router(app: Arc<App>) -> Router {
             ));
         router = router.merge(metrics);
     }
-    router.with_state(app)
+    router.merge(crate::api::router(&app)).with_state(app)
 }
 
 /// With `REALTIME_METRICS_TOKEN` set, the metrics endpoints need `Authorization: Bearer

@@ -261,17 +261,25 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
         None => None,
     };
     rooms::check_send(&room, member.as_deref())?;
-    let dedupe_key = session.user_id().zip(msg.client_message_id.as_deref());
+    let author = session.identity.user_id.clone();
+    Ok(deliver_message(app, author.as_deref(), msg).await)
+}
+
+/// Sends `message:new` to the room with a new messageId and timestamp (or, for a
+/// `clientMessageId` the author used before, answers the first result again without a second
+/// delivery); returns `{messageId, timestamp}`. The caller checked that the author may send.
+pub(crate) async fn deliver_message(app: &App, author: Option<&str>, msg: MessageSend) -> Value {
+    let dedupe_key = author.zip(msg.client_message_id.as_deref());
     if let Some((user, cid)) = dedupe_key
         && let Some(sent) = app.dedupe.get(user, cid)
     {
-        return Ok(json!({ "messageId": sent.message_id, "timestamp": sent.timestamp }));
+        return json!({ "messageId": sent.message_id, "timestamp": sent.timestamp });
     }
     let message_id = uuid::Uuid::now_v7().to_string();
     let timestamp = iso(Utc::now());
     let event = json!({
         "roomName": msg.room,
-        "userId": session.identity.user_id,
+        "userId": author,
         "content": msg.content,
         "threadId": msg.thread,
         "timestamp": timestamp,
@@ -291,7 +299,7 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
             .await
         {
             app.dedupe.put(user, cid, first.clone());
-            return Ok(json!({ "messageId": first.message_id, "timestamp": first.timestamp }));
+            return json!({ "messageId": first.message_id, "timestamp": first.timestamp });
         }
         app.dedupe.put(user, cid, sent);
     }
@@ -299,7 +307,7 @@ async fn send(app: &App, session: &mut Session, msg: MessageSend) -> Result<Valu
         .room(&msg.room, None, "message:new", &event)
         .await;
     app.metrics.messages.inc();
-    Ok(json!({ "messageId": message_id, "timestamp": timestamp }))
+    json!({ "messageId": message_id, "timestamp": timestamp })
 }
 
 async fn typing(

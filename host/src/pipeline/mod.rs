@@ -25,6 +25,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
+pub(crate) use handlers::deliver_message;
 pub use lifecycle::{Farewell, farewell, on_connect, on_disconnect};
 
 pub use payload::EventKind;

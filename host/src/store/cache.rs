@@ -344,6 +344,14 @@ impl Directory {
         }
     }
 
+    /// Every room known, by name.
+    pub fn rooms_now(&self) -> Vec<Arc<Room>> {
+        let rooms = lock(&self.rooms);
+        let mut list: Vec<Arc<Room>> = rooms.by_name.values().cloned().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
     /// Rooms known (all, and active ones).
     pub fn room_totals(&self) -> (usize, usize) {
         let rooms = lock(&self.rooms);

@@ -154,6 +154,8 @@ pub struct ConnectionRow {
     pub socket_id: String,
     /// User id (None for anonymous).
     pub user_id: Option<String>,
+    /// The instance it is connected to.
+    pub node_id: Option<String>,
     /// websocket or polling.
     pub transport: Option<String>,
     /// Last measured latency.

@@ -744,7 +744,7 @@ impl Backend for PgBackend {
 
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT socket_id, user_id, transport, latency_ms, connected_at \
+            "SELECT socket_id, user_id, node_id, transport, latency_ms, connected_at \
              FROM realtime_connections WHERE status = 'connected' ORDER BY connected_at DESC",
         )
         .fetch_all(&self.pool)
@@ -754,6 +754,7 @@ impl Backend for PgBackend {
                 Ok(ConnectionRow {
                     socket_id: r.try_get("socket_id")?,
                     user_id: r.try_get("user_id")?,
+                    node_id: r.try_get("node_id")?,
                     transport: r.try_get("transport")?,
                     latency_ms: r.try_get("latency_ms")?,
                     connected_at: r
@@ -1007,19 +1008,12 @@ async fn upsert_lease(
          hostname = EXCLUDED.hostname, pid = EXCLUDED.pid",
     )
     .bind(node_id)
-    .bind(hostname())
+    .bind(crate::util::hostname())
     .bind(std::process::id() as i32)
     .bind(lease.as_millis() as f64)
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 /// A notification of the invalidation triggers: `{"room": name}` or `{"roomId", "userId"}`.

@@ -617,8 +617,8 @@ impl Backend for SqliteBackend {
 
     async fn connections(&self) -> Result<Vec<ConnectionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT socket_id, user_id, transport, latency_ms, connected_at FROM realtime_connections \
-             WHERE status = 'connected' ORDER BY connected_at DESC",
+            "SELECT socket_id, user_id, node_id, transport, latency_ms, connected_at \
+             FROM realtime_connections WHERE status = 'connected' ORDER BY connected_at DESC",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -627,6 +627,7 @@ impl Backend for SqliteBackend {
                 Ok(ConnectionRow {
                     socket_id: r.try_get("socket_id")?,
                     user_id: r.try_get("user_id")?,
+                    node_id: r.try_get("node_id")?,
                     transport: r.try_get("transport")?,
                     latency_ms: r.try_get("latency_ms")?,
                     connected_at: parse_ts(&r.try_get::<String, _>("connected_at")?)?,

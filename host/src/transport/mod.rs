@@ -298,6 +298,10 @@ pub async fn admission(
                 reason: "handshake_rate",
             })
             .inc();
+        static LOG: crate::util::Throttle = crate::util::Throttle::new();
+        if let Some(held) = LOG.pass() {
+            tracing::info!(peer = %ip, reason = "handshake_rate", held_back = held, "connection refused: too many handshakes from this address");
+        }
         let body =
             serde_json::json!({ "code": "RATE_LIMIT_EXCEEDED", "message": "Too many connections" });
         return (
@@ -325,6 +329,11 @@ pub async fn admission(
             .connections_refused
             .get_or_create(&crate::metrics::ReasonLabel { reason })
             .inc();
+        static LOG: crate::util::Throttle = crate::util::Throttle::new();
+        if let Some(held) = LOG.pass() {
+            let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+            tracing::info!(%peer, reason, held_back = held, "connection refused: {message}");
+        }
         let body = serde_json::json!({ "code": "SERVICE_UNAVAILABLE", "message": message });
         return (
             StatusCode::SERVICE_UNAVAILABLE,

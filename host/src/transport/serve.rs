@@ -90,7 +90,10 @@ pub async fn serve(
                 .connections_refused
                 .get_or_create(&ReasonLabel { reason: "sockets" })
                 .inc();
-            tracing::debug!(peer = %addr, "socket cap reached: connection refused");
+            static LOG: crate::util::Throttle = crate::util::Throttle::new();
+            if let Some(held) = LOG.pass() {
+                tracing::info!(peer = %addr, reason = "sockets", held_back = held, "connection refused: REALTIME_MAX_SOCKETS reached");
+            }
             tracker.spawn(async move {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(200), stream.write_all(FULL)).await;

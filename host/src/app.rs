@@ -45,6 +45,8 @@ pub struct App {
     pub typing: Arc<dyn TypingTracker>,
     /// Broadcasts.
     pub fanout: Arc<dyn Fanout>,
+    /// Room histories (message positions, catch-up, paging).
+    pub history: Arc<dyn crate::history::History>,
     /// Which rooms users have sockets in on the other instances.
     pub room_sockets: Arc<dyn RoomSockets>,
     /// `clientMessageId` claims across instances.

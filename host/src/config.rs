@@ -200,6 +200,12 @@ pub struct Config {
     /// `REALTIME_METRICS_TOKEN`: when set, the metrics endpoints answer only requests with
     /// `Authorization: Bearer <token>` (401 otherwise).
     pub metrics_token: Option<String>,
+    /// `REALTIME_HISTORY_SIZE` (default 0: off): messages kept per room for catch-up and
+    /// paging (a room's `settings.history.size` overrides it).
+    pub history_size: usize,
+    /// `REALTIME_HISTORY_TTL` (default 10m): how long a message stays in history (a room's
+    /// `settings.history.ttl`, seconds, overrides it).
+    pub history_ttl: Duration,
     /// `REALTIME_API_KEY`: turns the server API (`/api/...`) on; its requests need
     /// `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
@@ -458,6 +464,17 @@ impl Config {
             metrics_token: v.raw("REALTIME_METRICS_TOKEN"),
             api_key,
             enable_admin,
+            history_size: v.num("REALTIME_HISTORY_SIZE", 0usize)?,
+            history_ttl: match v.raw("REALTIME_HISTORY_TTL") {
+                None => Duration::from_secs(600),
+                Some(t) => Duration::from_secs(crate::util::parse_seconds(&t).map_err(|_| {
+                    invalid(
+                        "REALTIME_HISTORY_TTL",
+                        t.clone(),
+                        "a duration: 600, 90s, 30m, 1h or 7d",
+                    )
+                })?),
+            },
             enable_plugins: v.bool("REALTIME_ENABLE_PLUGINS", true)?,
             plugins_dir: PathBuf::from(v.string("REALTIME_PLUGINS_DIR", "./plugins")),
             plugin_cache_dir: match v.string("REALTIME_PLUGIN_CACHE_DIR", "./data/plugin-cache") {

@@ -16,6 +16,7 @@
 //! | [`presence`] | presence state (memory, Redis) and its announcement |
 //! | [`typing`] | typing entries (memory, Redis) |
 //! | [`policy`] | WebAssembly policy modules: engine, registry, hot reload, chain, key/value store |
+//! | [`history`] | room history: positions on `message:new`, catch-up on join, paging |
 //! | [`fanout`] | broadcasts over the Socket.IO adapter; room sockets across instances |
 //! | [`store`] | store trait, SQLite and PostgreSQL backends, write-behind writer, the directory (rooms, memberships, counts in memory) |
 //! | [`dedupe`] | `clientMessageId` memory and claims across instances |
@@ -40,6 +41,7 @@ pub mod error;
 pub mod fanout;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;

@@ -101,6 +101,7 @@ pub async fn run(
         writer,
         metrics,
         typing: shared.typing,
+        history: Arc::new(crate::history::MemoryHistory::new(fanout.clone())),
         fanout,
         room_sockets: shared.room_sockets,
         claims: shared.claims,

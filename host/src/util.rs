@@ -58,6 +58,29 @@ impl Default for Throttle {
     }
 }
 
+/// A duration in seconds: `1h`, `30m`, `45s`, `2d`, or plain seconds (at least 1 s).
+pub fn parse_seconds(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 3600, 90s, 30m, 1h or 7d"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(format!("{text:?}: must be at least 1 s")),
+        Some(secs) => Ok(secs),
+    }
+}
+
 /// This machine's host name, if it can be read.
 pub fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -53,7 +53,10 @@ async fn nodes_and_disconnect_through_the_api() {
     assert_eq!(nodes["nodes"][0]["connections"], 2, "{nodes}");
     let out = cli(&host, KEY, &["nodes"]).await;
     let (stdout, _) = text(&out);
-    assert!(stdout.contains("node-a *") && stdout.contains("serving"), "{stdout}");
+    assert!(
+        stdout.contains("node-a *") && stdout.contains("serving"),
+        "{stdout}"
+    );
 
     // The connection rows carry the node (written behind: wait for them).
     let deadline = std::time::Instant::now() + ms(5000);
@@ -67,14 +70,20 @@ async fn nodes_and_disconnect_through_the_api() {
             assert!(rows.iter().any(|r| r.contains("alice")), "{stdout}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "node column: {stdout}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node column: {stdout}"
+        );
         tokio::time::sleep(ms(100)).await;
     }
 
     let out = cli(&host, KEY, &["disconnect", "--user", "alice"]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("user alice: 1 socket(s) disconnected"), "{stdout}");
+    assert!(
+        stdout.contains("user alice: 1 socket(s) disconnected"),
+        "{stdout}"
+    );
     assert!(alice.wait_disconnect(ms(3000)).await.is_some());
 
     let sid = bob.sid().to_string();
@@ -90,12 +99,20 @@ async fn nodes_and_disconnect_through_the_api() {
         ("", vec!["nodes"], "REALTIME_API_KEY"),
         ("wrong-key", vec!["nodes"], "refused REALTIME_API_KEY"),
         (KEY, vec!["disconnect"], "--user"),
-        (KEY, vec!["disconnect", "--user", "a", "--socket", "b"], "--socket"),
+        (
+            KEY,
+            vec!["disconnect", "--user", "a", "--socket", "b"],
+            "--socket",
+        ),
     ] {
         let out = cli(&host, key, &args).await;
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }

@@ -21,7 +21,10 @@ async fn refusals_name_their_cause_and_the_peer() {
         ("REALTIME_HOST", "127.0.0.1"),
         ("REALTIME_PORT", &port_s),
         ("DATABASE_URL", &db),
-        ("REALTIME_PLUGINS_DIR", &dir.path().join("plugins").display().to_string()),
+        (
+            "REALTIME_PLUGINS_DIR",
+            &dir.path().join("plugins").display().to_string(),
+        ),
         ("REALTIME_API_KEY", "refusal-test-key-0123456789"),
         ("REALTIME_MAX_SOCKETS", "3"),
         ("REALTIME_HEADER_TIMEOUT", "1500"),
@@ -38,7 +41,12 @@ async fn refusals_name_their_cause_and_the_peer() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder().no_proxy().build().expect("http");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while http.get(format!("{base}/health/live")).send().await.is_err() {
+    while http
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "server never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -67,10 +75,16 @@ async fn refusals_name_their_cause_and_the_peer() {
     // The socket cap: idle connections fill it, the next one is refused.
     let mut idle = Vec::new();
     for _ in 0..3 {
-        idle.push(TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+        idle.push(
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut extra = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut extra = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let mut answer = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), extra.read_to_string(&mut answer)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
@@ -106,6 +120,9 @@ async fn refusals_name_their_cause_and_the_peer() {
         assert_eq!(line["level"], "INFO", "{text}");
         assert!(text.contains("127.0.0.1"), "the peer is named: {text}");
         assert!(text.contains(reason), "the cause is named: {text}");
-        assert!(!text.contains("guess"), "the key given is never logged: {text}");
+        assert!(
+            !text.contains("guess"),
+            "the key given is never logged: {text}"
+        );
     }
 }

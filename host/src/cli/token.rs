@@ -10,25 +10,7 @@ use crate::config::{Config, JwtAlgorithm};
 
 /// `1h`, `30m`, `45s`, `2d`, or plain seconds.
 pub fn parse_ttl(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("--ttl {text:?}: expected e.g. 3600, 90s, 30m, 1h or 7d"))?;
-    let factor = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("--ttl {text:?}: the unit is s, m, h or d")),
-    };
-    match n.checked_mul(factor) {
-        Some(0) | None => Err(format!("--ttl {text:?}: must be at least 1 s")),
-        Some(secs) => Ok(secs),
-    }
+    crate::util::parse_seconds(text).map_err(|e| format!("--ttl {e}"))
 }
 
 /// Mints a token.

@@ -8,6 +8,7 @@ use super::{Conn, Joined, Session};
 use crate::app::App;
 use crate::dedupe::Sent;
 use crate::error::{EventError, code};
+use crate::history::{Catchup, Page, Position};
 
 use crate::rooms;
 use crate::store::WriteOp;
@@ -33,7 +34,10 @@ pub(super) async fn dispatch(
         app.presence.active(user).await;
     }
     match request {
-        Request::Join { room } => join(app, session, conn, room).await.map(Some),
+        Request::Join { room, since } => join(app, session, conn, room, since).await.map(Some),
+        Request::History { room, page, limit } => {
+            history(app, session, room, page, limit).await.map(Some)
+        }
         Request::Leave { room } => leave(app, session, conn, room).await.map(|_| None),
         Request::Send(msg) => send(app, session, msg).await.map(Some),
         Request::Typing {
@@ -101,6 +105,7 @@ async fn join(
     session: &mut Session,
     conn: &dyn Conn,
     name: String,
+    since: Option<Position>,
 ) -> Result<Value, EventError> {
     if app.fanout.is_socket_id(&name) {
         return Err(EventError::validation("roomName", "cannot be a socket id"));
@@ -149,7 +154,42 @@ async fn join(
         });
     }
     let newly = !session.joined.contains_key(&name);
-    conn.join(&name);
+    // A room with history: the missed messages (after `since`) reach the socket before it
+    // joins, in the room's order, so none is lost or doubled at the seam.
+    let mut answer = json!({ "roomName": name, "memberCount": joined.count });
+    match crate::history::settings(&app.config, &room) {
+        Some(settings) => {
+            let mut deliver = |found: &Catchup| {
+                if let Catchup::Recovered(missed) = found {
+                    for m in missed {
+                        conn.emit("message:new", m);
+                    }
+                }
+                conn.join(&name);
+            };
+            let (found, position) = app
+                .history
+                .catch_up(&name, settings, since.as_ref(), &mut deliver)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(room = %name, error = %e, "catch-up failed");
+                    EventError::unavailable(
+                        "History cannot be read right now; try again",
+                        RETRY_AFTER_MS,
+                    )
+                })?;
+            answer["position"] = json!(position);
+            if since.is_some() {
+                answer["recovered"] = json!(matches!(found, Catchup::Recovered(_)));
+            }
+        }
+        None => {
+            conn.join(&name);
+            if since.is_some() {
+                answer["recovered"] = json!(false);
+            }
+        }
+    }
     if newly && let Some(u) = session.user_id() {
         app.room_sockets.joined(u, &name).await;
     }
@@ -170,7 +210,64 @@ async fn join(
         )
         .await;
     }
-    Ok(json!({ "roomName": name, "memberCount": joined.count }))
+    Ok(answer)
+}
+
+/// `message:history`: a page of a room's history, for a socket in the room or a user the
+/// room would admit (the same access rules as a join).
+async fn history(
+    app: &App,
+    session: &Session,
+    name: String,
+    page: Page,
+    limit: usize,
+) -> Result<Value, EventError> {
+    let room = match session.joined.get(&name) {
+        Some(j) => match app.directory.room_now(&name) {
+            Some(Some(r)) if r.id == j.room.id => r,
+            _ => j.room.clone(),
+        },
+        None => {
+            let room = app
+                .directory
+                .room(&name)
+                .await
+                .map_err(|_| directory_unavailable())?
+                .filter(|r| r.is_active)
+                .ok_or_else(EventError::room_not_found)?;
+            let member = match session.user_id() {
+                Some(u) => {
+                    app.directory
+                        .memberships(u)
+                        .await
+                        .map_err(|_| directory_unavailable())?;
+                    app.directory.member_now(&room.id, u).flatten()
+                }
+                None => None,
+            };
+            let count = app.directory.count(&room.id);
+            rooms::check_join(&room, member.as_deref(), &session.identity, count)?;
+            room
+        }
+    };
+    if !room.is_active {
+        return Err(EventError::room_not_found());
+    }
+    let Some(settings) = crate::history::settings(&app.config, &room) else {
+        return Ok(json!({ "roomName": name, "messages": [], "position": null }));
+    };
+    let (messages, position) = app
+        .history
+        .page(&name, settings, page, limit)
+        .await
+        .map_err(|e| {
+            tracing::warn!(room = %name, error = %e, "history page failed");
+            EventError::unavailable(
+                "History cannot be read right now; try again",
+                RETRY_AFTER_MS,
+            )
+        })?;
+    Ok(json!({ "roomName": name, "messages": messages, "position": position }))
 }
 
 async fn leave(
@@ -303,11 +400,37 @@ pub(crate) async fn deliver_message(app: &App, author: Option<&str>, msg: Messag
         }
         app.dedupe.put(user, cid, sent);
     }
-    app.fanout
-        .room(&msg.room, None, "message:new", &event)
-        .await;
+    let history = match app.directory.room_now(&msg.room) {
+        Some(Some(room)) => crate::history::settings(&app.config, &room),
+        _ => None,
+    };
+    let mut ack = json!({ "messageId": message_id, "timestamp": timestamp });
+    match history {
+        Some(settings) => match app
+            .history
+            .publish(&msg.room, settings, event.clone())
+            .await
+        {
+            Ok(position) => {
+                ack["offset"] = json!(position.offset);
+                ack["epoch"] = json!(position.epoch);
+            }
+            Err(e) => {
+                // Delivered without a position rather than not at all.
+                tracing::warn!(room = %msg.room, error = %e, "history unavailable: message sent without a position");
+                app.fanout
+                    .room(&msg.room, None, "message:new", &event)
+                    .await;
+            }
+        },
+        None => {
+            app.fanout
+                .room(&msg.room, None, "message:new", &event)
+                .await
+        }
+    }
     app.metrics.messages.inc();
-    json!({ "messageId": message_id, "timestamp": timestamp })
+    ack
 }
 
 async fn typing(

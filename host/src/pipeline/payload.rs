@@ -1,6 +1,7 @@
 //! Stage 1 of the pipeline: parse and validate a client payload into a typed request.
 //! Every malformed shape becomes `VALIDATION_ERROR` naming the field; nothing else runs.
 
+use crate::history::{DEFAULT_PAGE, MAX_PAGE, Page, Position};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -29,11 +30,13 @@ pub enum EventKind {
     Pong,
     /// `auth:refresh`
     AuthRefresh,
+    /// `message:history`
+    MessageHistory,
 }
 
 impl EventKind {
     /// Every known event.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::RoomJoin,
         EventKind::RoomLeave,
         EventKind::MessageSend,
@@ -43,6 +46,7 @@ impl EventKind {
         EventKind::Ping,
         EventKind::Pong,
         EventKind::AuthRefresh,
+        EventKind::MessageHistory,
     ];
 
     /// The wire name.
@@ -57,6 +61,7 @@ impl EventKind {
             EventKind::Ping => "ping",
             EventKind::Pong => "pong",
             EventKind::AuthRefresh => "auth:refresh",
+            EventKind::MessageHistory => "message:history",
         }
     }
 }
@@ -68,6 +73,17 @@ pub enum Request {
     Join {
         /// Room.
         room: String,
+        /// The history position the client has (catch-up).
+        since: Option<Position>,
+    },
+    /// `message:history`
+    History {
+        /// Room.
+        room: String,
+        /// Which messages.
+        page: Page,
+        /// How many at most.
+        limit: usize,
     },
     /// `room:leave`
     Leave {
@@ -132,8 +148,17 @@ impl Request {
                 "clientMessageId": m.client_message_id,
                 "contentLength": m.content.chars().count(),
             }),
-            Request::Join { room } | Request::Leave { room } => {
-                serde_json::json!({ "roomName": room })
+            Request::Join { room, since } => {
+                serde_json::json!({ "roomName": room, "since": since })
+            }
+            Request::Leave { room } => serde_json::json!({ "roomName": room }),
+            Request::History { room, page, limit } => {
+                let (before, after) = match page {
+                    Page::Newest => (None, None),
+                    Page::Before(b) => (Some(*b), None),
+                    Page::After(a) => (None, Some(*a)),
+                };
+                serde_json::json!({ "roomName": room, "before": before, "after": after, "limit": limit })
             }
             Request::Typing { room, thread, .. } => {
                 serde_json::json!({ "roomName": room, "threadId": thread })
@@ -205,6 +230,40 @@ fn object(payload: &Value) -> Result<&Map<String, Value>, EventError> {
     payload
         .as_object()
         .ok_or_else(|| EventError::validation("payload", "must be an object"))
+}
+
+/// An optional offset field: a non-negative integer.
+fn offset(obj: &Map<String, Value>, field: &str) -> Result<Option<u64>, EventError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| EventError::validation(field, "must be a non-negative integer")),
+    }
+}
+
+/// `since: {offset, epoch}` of a join (absent or null: none).
+fn since(obj: &Map<String, Value>) -> Result<Option<Position>, EventError> {
+    let s = match obj.get("since") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(s)) => s,
+        Some(_) => return Err(EventError::validation("since", "must be {offset, epoch}")),
+    };
+    let offset = s
+        .get("offset")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| EventError::validation("since", "offset must be a non-negative integer"))?;
+    let epoch = match s.get("epoch") {
+        Some(Value::String(e)) if !e.is_empty() && e.len() <= 64 => e.clone(),
+        _ => {
+            return Err(EventError::validation(
+                "since",
+                "epoch must be a string of 1-64 bytes",
+            ));
+        }
+    };
+    Ok(Some(Position { offset, epoch }))
 }
 
 fn room_name(obj: &Map<String, Value>) -> Result<String, EventError> {
@@ -287,9 +346,41 @@ fn custom_status(v: Option<&Value>) -> Result<Option<CustomStatus>, EventError> 
 /// Parses and validates the payload of a known event.
 pub fn parse(kind: EventKind, payload: &Value, limits: Limits) -> Result<Request, EventError> {
     Ok(match kind {
-        EventKind::RoomJoin => Request::Join {
-            room: room_name(object(payload)?)?,
-        },
+        EventKind::RoomJoin => {
+            let obj = object(payload)?;
+            Request::Join {
+                room: room_name(obj)?,
+                since: since(obj)?,
+            }
+        }
+        EventKind::MessageHistory => {
+            let obj = object(payload)?;
+            let room = room_name(obj)?;
+            let limit = match obj.get("limit") {
+                None | Some(Value::Null) => DEFAULT_PAGE,
+                Some(v) => match v.as_u64() {
+                    Some(n) if n >= 1 => (n as usize).min(MAX_PAGE),
+                    _ => {
+                        return Err(EventError::validation(
+                            "limit",
+                            "must be a positive integer",
+                        ));
+                    }
+                },
+            };
+            let page = match (offset(obj, "before")?, offset(obj, "after")?) {
+                (None, None) => Page::Newest,
+                (Some(b), None) => Page::Before(b),
+                (None, Some(a)) => Page::After(a),
+                (Some(_), Some(_)) => {
+                    return Err(EventError::validation(
+                        "before",
+                        "give before or after, not both",
+                    ));
+                }
+            };
+            Request::History { room, page, limit }
+        }
         EventKind::RoomLeave => Request::Leave {
             room: room_name(object(payload)?)?,
         },

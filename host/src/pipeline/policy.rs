@@ -76,7 +76,10 @@ pub(super) async fn apply(
 /// when it can be, from the store for a join.
 async fn room_of(app: &App, session: &Session, request: &Request) -> Option<PolicyRoom> {
     let name = match request {
-        Request::Join { room } | Request::Leave { room } | Request::Typing { room, .. } => room,
+        Request::Join { room, .. }
+        | Request::Leave { room }
+        | Request::Typing { room, .. }
+        | Request::History { room, .. } => room,
         Request::Send(m) => &m.room,
         _ => return None,
     };

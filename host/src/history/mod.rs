@@ -1,0 +1,127 @@
+//! Room history and positions: every `message:new` of a room with history carries `offset`
+//! (per room, +1 each message) and `epoch` (the history's generation: it changes when history
+//! was lost); the last messages are kept for `room:join {since}` (catch-up after a reconnect)
+//! and `message:history` (paging). Rooms without history are untouched.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Position`], per-room [`Settings`], the [`History`] trait |
+//! | `memory.rs` | [`MemoryHistory`]: one instance; a room's publishes and catch-ups are ordered by one lock per room |
+//!
+//! The seam between missed and live messages: a catch-up reads the messages after the
+//! client's position and joins the socket to the room under the same per-room order that
+//! publishes go through, so every message is delivered exactly once, missed ones first.
+
+mod memory;
+
+pub use memory::MemoryHistory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::store::Room;
+
+/// Most messages one `message:history` answers.
+pub const MAX_PAGE: usize = 100;
+/// Messages `message:history` answers when it does not say.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// A position in a room's history: the offset of the last message, in this epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The offset of a message (0: before the first).
+    pub offset: u64,
+    /// The history's generation.
+    pub epoch: String,
+}
+
+/// A room's history settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Messages kept.
+    pub size: usize,
+    /// How long a message is kept.
+    pub ttl: Duration,
+}
+
+/// The history settings of a room: its `settings.history` (`size`, `ttl` in seconds) over
+/// `REALTIME_HISTORY_SIZE` / `REALTIME_HISTORY_TTL`; None when the room keeps no history.
+pub fn settings(config: &Config, room: &Room) -> Option<Settings> {
+    let own = room.settings.get("history");
+    let size = own
+        .and_then(|h| h.get("size"))
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .unwrap_or(config.history_size);
+    let ttl = own
+        .and_then(|h| h.get("ttl"))
+        .and_then(Value::as_u64)
+        .map(Duration::from_secs)
+        .unwrap_or(config.history_ttl);
+    (size > 0 && !ttl.is_zero()).then_some(Settings { size, ttl })
+}
+
+/// What a catch-up found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Catchup {
+    /// The messages after the client's position (possibly none), in order.
+    Recovered(Vec<Value>),
+    /// The position is too old, from another epoch, or ahead: the client refetches.
+    Lost,
+    /// The client gave no position.
+    NotAsked,
+}
+
+/// A page of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest messages.
+    Newest,
+    /// The newest messages before this offset.
+    Before(u64),
+    /// The oldest messages after this offset.
+    After(u64),
+}
+
+/// Why history could not be used now.
+#[derive(Debug, thiserror::Error)]
+#[error("history unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+/// Room histories.
+#[async_trait]
+pub trait History: Send + Sync + 'static {
+    /// Gives `message` the room's next position (its `offset` and `epoch` fields), keeps it
+    /// and delivers it to the room's sockets, in offset order.
+    async fn publish(
+        &self,
+        room: &str,
+        settings: Settings,
+        message: Value,
+    ) -> Result<Position, Unavailable>;
+
+    /// In the room's order: finds the messages after `since` and calls `deliver` with them,
+    /// which must hand them to the socket and join it to the room: a message published
+    /// after is delivered live, one published before is in the list, never both. Returns
+    /// what was found and the position the socket is at.
+    async fn catch_up(
+        &self,
+        room: &str,
+        settings: Settings,
+        since: Option<&Position>,
+        deliver: &mut (dyn for<'c> FnMut(&'c Catchup) + Send),
+    ) -> Result<(Catchup, Position), Unavailable>;
+
+    /// At most `limit` messages of a page, oldest first, and the room's position.
+    async fn page(
+        &self,
+        room: &str,
+        settings: Settings,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Position), Unavailable>;
+}

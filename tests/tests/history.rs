@@ -1,0 +1,287 @@
+//! Issue 18: room history on one instance: positions on `message:new`, catch-up on
+//! `room:join {since}` after a cut transport (exactly the missed messages, in order, before
+//! live ones, also while messages keep coming), `recovered: false` for another epoch or a
+//! position too old, paging with `message:history` and its access rules, rooms without history
+//! unchanged.
+
+use nself_realtime_tests::{RoomType, Visibility};
+use nself_realtime_tests::{SioClient, TestHost, ms};
+use serde_json::{Value, json};
+
+fn offsets(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| {
+            m["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no offset: {m}"))
+        })
+        .collect()
+}
+
+async fn join_since(c: &mut SioClient, room: &str, since: Value) -> Value {
+    c.emit_ack(
+        "room:join",
+        json!({"roomName": room, "since": since}),
+        ms(5000),
+    )
+    .await
+}
+
+/// Every `message:new` buffered or arriving within `wait`, in arrival order.
+async fn drain(c: &mut SioClient, wait: std::time::Duration) -> Vec<Value> {
+    c.collect("message:new", wait).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_client_recovers_exactly_the_missed_messages() {
+    let host = TestHost::start(&[
+        ("REALTIME_HISTORY_SIZE", "200"),
+        ("REALTIME_EVENT_RATE", "10000"),
+    ])
+    .await;
+    let mut sender = host.joined("sam", "general").await;
+    let mut reader = host.joined("rita", "general").await;
+    for i in 0..3 {
+        let ack = sender.send_message("general", &format!("before {i}")).await;
+        assert!(
+            ack["data"]["offset"].is_u64(),
+            "the sender's ack has the offset: {ack}"
+        );
+    }
+    let seen = drain(&mut reader, ms(500)).await;
+    assert_eq!(offsets(&seen), vec![1, 2, 3]);
+    let epoch = seen[2]["epoch"].as_str().expect("epoch").to_string();
+    // The transport is cut (no Socket.IO disconnect packet), 50 messages go by.
+    drop(reader);
+    for i in 0..50 {
+        sender.send_message("general", &format!("missed {i}")).await;
+    }
+    let mut back = host.client("rita").await;
+    let ack = join_since(&mut back, "general", json!({"offset": 3, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    assert_eq!(ack["data"]["position"]["offset"], 53, "{ack}");
+    assert_eq!(ack["data"]["position"]["epoch"], epoch.as_str());
+    // Then live ones.
+    sender.send_message("general", "live").await;
+    let got = drain(&mut back, ms(700)).await;
+    assert_eq!(
+        offsets(&got),
+        (4..=54).collect::<Vec<u64>>(),
+        "exactly the missed ones, in order, then live"
+    );
+    assert_eq!(got[0]["content"], "missed 0");
+    assert_eq!(got[49]["content"], "missed 49");
+    assert_eq!(got[50]["content"], "live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_gap_and_no_duplicate_at_the_seam_while_messages_keep_coming() {
+    let host = TestHost::start(&[
+        ("REALTIME_HISTORY_SIZE", "1000"),
+        ("REALTIME_EVENT_RATE", "10000"),
+    ])
+    .await;
+    let mut first = host.joined("sam", "general").await;
+    let ack = first.send_message("general", "m0").await;
+    let epoch = ack["data"]["epoch"].as_str().expect("epoch").to_string();
+    // A second sender keeps sending while the reader catches up.
+    let url = host.url();
+    let sending = tokio::spawn(async move {
+        let mut s = SioClient::connect(&url, Some(&nself_realtime_tests::user_token("sue")))
+            .await
+            .expect("sue");
+        s.emit_ack("room:join", json!({"roomName": "general"}), ms(5000))
+            .await;
+        for i in 0..200 {
+            let ack = s.send_message("general", &format!("s{i}")).await;
+            assert_eq!(ack["success"], true, "{ack}");
+        }
+    });
+    // Join once the stream is under way.
+    first
+        .next_event_where("message:new", ms(5000), |m| m["offset"].as_u64() >= Some(5))
+        .await
+        .expect("sue is sending");
+    let mut reader = host.client("rita").await;
+    let ack = join_since(&mut reader, "general", json!({"offset": 1, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    let at = ack["data"]["position"]["offset"]
+        .as_u64()
+        .expect("position");
+    assert!(at >= 5, "joined mid-stream: {ack}");
+    eprintln!("joined at offset {at} of 201");
+    sending.await.expect("sender");
+    let got = drain(&mut reader, ms(1000)).await;
+    let last = got
+        .last()
+        .and_then(|m| m["offset"].as_u64())
+        .expect("messages");
+    assert_eq!(
+        offsets(&got),
+        (2..=last).collect::<Vec<u64>>(),
+        "contiguous from the position on: no gap, no duplicate"
+    );
+    assert_eq!(last, 201, "all of them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_epoch_or_a_position_too_old_is_not_recovered() {
+    let host = TestHost::start(&[("REALTIME_HISTORY_SIZE", "10")]).await;
+    let mut sender = host.joined("sam", "general").await;
+    let mut epoch = String::new();
+    for i in 0..30 {
+        let ack = sender.send_message("general", &format!("m{i}")).await;
+        epoch = ack["data"]["epoch"].as_str().expect("epoch").to_string();
+    }
+    let mut c = host.client("rita").await;
+    let ack = join_since(&mut c, "general", json!({"offset": 5, "epoch": epoch})).await;
+    assert_eq!(ack["success"], true, "{ack}");
+    assert_eq!(
+        ack["data"]["recovered"], false,
+        "only the last 10 are kept: {ack}"
+    );
+    assert_eq!(ack["data"]["position"]["offset"], 30);
+    let mut c2 = host.client("rita").await;
+    let ack = join_since(
+        &mut c2,
+        "general",
+        json!({"offset": 29, "epoch": "another"}),
+    )
+    .await;
+    assert_eq!(ack["data"]["recovered"], false, "{ack}");
+    let ack = join_since(
+        &mut c2,
+        "announcements",
+        json!({"offset": 99, "epoch": epoch}),
+    )
+    .await;
+    assert_eq!(ack["data"]["recovered"], false, "ahead of the room: {ack}");
+    c.sync().await;
+    c2.sync().await;
+    assert!(
+        c.collect("message:new", ms(200)).await.is_empty(),
+        "nothing replayed when not recovered"
+    );
+    // Bad positions are validation errors.
+    for bad in [
+        json!("x"),
+        json!({"offset": -1, "epoch": "e"}),
+        json!({"offset": 1}),
+        json!({"offset": 1, "epoch": ""}),
+    ] {
+        let ack = join_since(&mut c2, "general", bad.clone()).await;
+        assert_eq!(ack["error"]["code"], "VALIDATION_ERROR", "{bad}: {ack}");
+        assert_eq!(ack["error"]["details"]["field"], "since", "{bad}: {ack}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_without_history_are_unchanged() {
+    let host = TestHost::start(&[]).await;
+    let mut a = host.joined("sam", "general").await;
+    let mut b = host.joined("rita", "general").await;
+    let ack = a.send_message("general", "hello").await;
+    assert!(ack["data"].get("offset").is_none(), "{ack}");
+    let m = b
+        .next_event("message:new", ms(2000))
+        .await
+        .expect("message");
+    assert!(m.get("offset").is_none() && m.get("epoch").is_none(), "{m}");
+    let mut c = host.client("carl").await;
+    let ack = join_since(&mut c, "general", json!({"offset": 1, "epoch": "e"})).await;
+    assert_eq!(ack["data"]["recovered"], false, "{ack}");
+    assert!(ack["data"].get("position").is_none(), "{ack}");
+    let ack = c
+        .emit_ack("message:history", json!({"roomName": "general"}), ms(5000))
+        .await;
+    assert_eq!(ack["data"]["messages"], json!([]), "{ack}");
+    let plain = b
+        .emit_ack("room:join", json!({"roomName": "announcements"}), ms(5000))
+        .await;
+    assert_eq!(
+        plain["data"],
+        json!({"roomName": "announcements", "memberCount": plain["data"]["memberCount"]}),
+        "the join ack is as before: {plain}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_and_its_access_rules() {
+    let host = TestHost::start(&[("REALTIME_HISTORY_SIZE", "100")]).await;
+    host.create_room("vault", RoomType::Channel, Visibility::Private, None)
+        .await;
+    host.create_room("hidden", RoomType::Channel, Visibility::Secret, None)
+        .await;
+    host.add_member("vault", "sam", "member", false, false)
+        .await;
+    host.add_member("hidden", "sam", "member", false, false)
+        .await;
+    let mut sam = host.joined("sam", "vault").await;
+    for i in 1..=12 {
+        sam.send_message("vault", &format!("v{i}")).await;
+    }
+    let page = |before: Option<u64>, after: Option<u64>, limit: u64| json!({"roomName": "vault", "before": before, "after": after, "limit": limit});
+    let ack = sam
+        .emit_ack("message:history", page(None, None, 5), ms(5000))
+        .await;
+    assert_eq!(
+        offsets(ack["data"]["messages"].as_array().expect("messages")),
+        vec![8, 9, 10, 11, 12],
+        "{ack}"
+    );
+    assert_eq!(ack["data"]["position"]["offset"], 12);
+    let ack = sam
+        .emit_ack("message:history", page(Some(8), None, 3), ms(5000))
+        .await;
+    assert_eq!(
+        offsets(ack["data"]["messages"].as_array().expect("messages")),
+        vec![5, 6, 7]
+    );
+    let ack = sam
+        .emit_ack("message:history", page(None, Some(10), 50), ms(5000))
+        .await;
+    assert_eq!(
+        offsets(ack["data"]["messages"].as_array().expect("messages")),
+        vec![11, 12]
+    );
+    assert_eq!(ack["data"]["messages"][1]["content"], "v12");
+    // A member who has not joined may page too (the join rules apply); others may not.
+    let mut sam2 = host.client("sam").await;
+    let ack = sam2
+        .emit_ack("message:history", page(None, None, 2), ms(5000))
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    let mut eve = host.client("eve").await;
+    let ack = eve
+        .emit_ack("message:history", page(None, None, 5), ms(5000))
+        .await;
+    assert_eq!(ack["error"]["code"], "ROOM_ACCESS_DENIED", "{ack}");
+    let ack = eve
+        .emit_ack("message:history", json!({"roomName": "hidden"}), ms(5000))
+        .await;
+    assert_eq!(
+        ack["error"]["code"], "ROOM_NOT_FOUND",
+        "a secret room is not revealed: {ack}"
+    );
+    let ack = eve
+        .emit_ack("message:history", json!({"roomName": "nowhere"}), ms(5000))
+        .await;
+    assert_eq!(ack["error"]["code"], "ROOM_NOT_FOUND");
+    for (bad, field) in [
+        (json!({"roomName": "vault", "limit": 0}), "limit"),
+        (
+            json!({"roomName": "vault", "before": 3, "after": 1}),
+            "before",
+        ),
+        (json!({"roomName": "vault", "after": "x"}), "after"),
+    ] {
+        let ack = sam.emit_ack("message:history", bad.clone(), ms(5000)).await;
+        assert_eq!(ack["error"]["details"]["field"], field, "{bad}: {ack}");
+    }
+    // The limit is capped.
+    let ack = sam
+        .emit_ack("message:history", page(None, None, 100_000), ms(5000))
+        .await;
+    assert_eq!(ack["data"]["messages"].as_array().map(Vec::len), Some(12));
+}

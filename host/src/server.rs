@@ -92,6 +92,21 @@ pub async fn run(
     let mut sio = transport::Sio::build(&config, cluster.as_ref());
     let fanout = sio.fanout(&node_id);
     let shared = Shared::new(&config, cluster.as_ref());
+    // Room history: in Redis when scaled out (delivered by each instance from its channel).
+    let (history, history_feed): (Arc<dyn crate::history::History>, _) = match &cluster {
+        Some(c) => {
+            let h = Arc::new(crate::history::RedisHistory::new(
+                c.redis().clone(),
+                fanout.clone(),
+            ));
+            let feed = h.subscribe(&c.driver()).await.map(|s| (h.clone(), s));
+            (h, feed)
+        }
+        None => (
+            Arc::new(crate::history::MemoryHistory::new(fanout.clone())),
+            None,
+        ),
+    };
     let app = Arc::new(App {
         presence: Presence::new(shared.presence, &config, writer.clone(), fanout.clone()),
         config: config.clone(),
@@ -101,7 +116,7 @@ pub async fn run(
         writer,
         metrics,
         typing: shared.typing,
-        history: Arc::new(crate::history::MemoryHistory::new(fanout.clone())),
+        history: history.clone(),
         fanout,
         room_sockets: shared.room_sockets,
         claims: shared.claims,
@@ -134,6 +149,9 @@ pub async fn run(
     tasks.spawn(maintenance::leases(app.clone(), background.clone()));
     if let Some(p) = &policies {
         tasks.spawn(p.watch(background.clone()));
+    }
+    if let Some((h, messages)) = history_feed {
+        tasks.spawn(h.serve(messages, background.clone()));
     }
     if let Some(s) = &app.survey {
         let me = app.clone();

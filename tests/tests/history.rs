@@ -4,6 +4,7 @@
 //! position too old, paging with `message:history` and its access rules, rooms without history
 //! unchanged.
 
+use nself_realtime_tests::redis::SharedRedis;
 use nself_realtime_tests::{RoomType, Visibility};
 use nself_realtime_tests::{SioClient, TestHost, ms};
 use serde_json::{Value, json};
@@ -28,9 +29,19 @@ async fn join_since(c: &mut SioClient, room: &str, since: Value) -> Value {
     .await
 }
 
-/// Every `message:new` buffered or arriving within `wait`, in arrival order.
-async fn drain(c: &mut SioClient, wait: std::time::Duration) -> Vec<Value> {
-    c.collect("message:new", wait).await
+/// The next `n` `message:new` (waiting at most 10 s for them), then whatever else is already
+/// here after a round trip: exactly `n` are expected.
+async fn take(c: &mut SioClient, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.next_event("message:new", ms(10_000)).await {
+            Some(m) => got.push(m),
+            None => break,
+        }
+    }
+    c.sync().await;
+    got.extend(c.collect("message:new", ms(0)).await);
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +60,7 @@ async fn a_cut_client_recovers_exactly_the_missed_messages() {
             "the sender's ack has the offset: {ack}"
         );
     }
-    let seen = drain(&mut reader, ms(500)).await;
+    let seen = take(&mut reader, 3).await;
     assert_eq!(offsets(&seen), vec![1, 2, 3]);
     let epoch = seen[2]["epoch"].as_str().expect("epoch").to_string();
     // The transport is cut (no Socket.IO disconnect packet), 50 messages go by.
@@ -64,7 +75,7 @@ async fn a_cut_client_recovers_exactly_the_missed_messages() {
     assert_eq!(ack["data"]["position"]["epoch"], epoch.as_str());
     // Then live ones.
     sender.send_message("general", "live").await;
-    let got = drain(&mut back, ms(700)).await;
+    let got = take(&mut back, 51).await;
     assert_eq!(
         offsets(&got),
         (4..=54).collect::<Vec<u64>>(),
@@ -112,7 +123,7 @@ async fn no_gap_and_no_duplicate_at_the_seam_while_messages_keep_coming() {
     assert!(at >= 5, "joined mid-stream: {ack}");
     eprintln!("joined at offset {at} of 201");
     sending.await.expect("sender");
-    let got = drain(&mut reader, ms(1000)).await;
+    let got = take(&mut reader, 200).await;
     let last = got
         .last()
         .and_then(|m| m["offset"].as_u64())
@@ -284,4 +295,119 @@ async fn history_pages_and_its_access_rules() {
         .emit_ack("message:history", page(None, None, 100_000), ms(5000))
         .await;
     assert_eq!(ack["data"]["messages"].as_array().map(Vec::len), Some(12));
+}
+
+/// Two instances over Redis: history is the cluster's.
+async fn two_instances(
+    tag: &str,
+    vars: &[(&str, &str)],
+) -> (Vec<TestHost>, SharedRedis, tempfile::TempDir) {
+    let redis = SharedRedis::new(tag);
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/cluster.db", db.path().display());
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let node = format!("{}-{i}", redis.prefix);
+        let mut all: Vec<(&str, &str)> = vec![
+            ("REALTIME_REDIS_URL", &redis.url),
+            ("REALTIME_REDIS_PREFIX", &redis.prefix),
+            ("REALTIME_NODE_ID", &node),
+            ("DATABASE_URL", &url),
+            ("REALTIME_EVENT_RATE", "10000"),
+        ];
+        all.extend_from_slice(vars);
+        hosts.push(TestHost::start(&all).await);
+    }
+    for h in &hosts {
+        let deadline = std::time::Instant::now() + ms(10_000);
+        while h.http_request("/health", &[]).await.json()["checks"]["redis"] != "ok" {
+            assert!(std::time::Instant::now() < deadline, "redis never ok");
+            tokio::time::sleep(ms(100)).await;
+        }
+    }
+    (hosts, redis, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_on_the_other_instance() {
+    let (hosts, redis, _db) = two_instances("hist", &[("REALTIME_HISTORY_SIZE", "500")]).await;
+    let mut sender = hosts[0].joined("sam", "general").await;
+    let mut reader = hosts[0].joined("rita", "general").await;
+    let mut watcher = hosts[1].joined("walt", "general").await;
+    for i in 0..5 {
+        let ack = sender.send_message("general", &format!("before {i}")).await;
+        assert_eq!(ack["data"]["offset"], i + 1, "{ack}");
+    }
+    let seen = take(&mut reader, 5).await;
+    assert_eq!(offsets(&seen), vec![1, 2, 3, 4, 5]);
+    let epoch = seen[4]["epoch"].as_str().expect("epoch").to_string();
+    // Both instances deliver the same offsets, in order.
+    let other = take(&mut watcher, 5).await;
+    assert_eq!(offsets(&other), vec![1, 2, 3, 4, 5]);
+    drop(reader);
+    for i in 0..50 {
+        sender.send_message("general", &format!("missed {i}")).await;
+    }
+    // Back, on the other instance.
+    let mut back = hosts[1].client("rita").await;
+    let ack = join_since(&mut back, "general", json!({"offset": 5, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    sender.send_message("general", "live").await;
+    let got = take(&mut back, 51).await;
+    assert_eq!(
+        offsets(&got),
+        (6..=56).collect::<Vec<u64>>(),
+        "the 50 missed, in order, then live"
+    );
+    assert_eq!(got[50]["content"], "live");
+    let all = take(&mut watcher, 51).await;
+    assert_eq!(
+        offsets(&all),
+        (6..=56).collect::<Vec<u64>>(),
+        "the other socket got each once"
+    );
+
+    // Paging on either instance sees the same history.
+    let page = back
+        .emit_ack(
+            "message:history",
+            json!({"roomName": "general", "limit": 3}),
+            ms(5000),
+        )
+        .await;
+    assert_eq!(
+        offsets(page["data"]["messages"].as_array().expect("messages")),
+        vec![54, 55, 56],
+        "{page}"
+    );
+
+    // History lost (Redis restarted without persistence: its keys are gone): a new epoch, and
+    // the old position is not recovered.
+    let pattern = format!("{}:hist:*", redis.prefix);
+    if let Ok(redis::Value::Array(keys)) =
+        nself_realtime_tests::redis::command(&redis.url, &["KEYS", &pattern]).await
+    {
+        for k in keys {
+            if let redis::Value::BulkString(k) = k {
+                let k = String::from_utf8_lossy(&k).into_owned();
+                let _ = nself_realtime_tests::redis::command(&redis.url, &["DEL", &k]).await;
+            }
+        }
+    }
+    let ack = sender.send_message("general", "after the loss").await;
+    assert_ne!(ack["data"]["epoch"], epoch.as_str(), "{ack}");
+    assert_eq!(ack["data"]["offset"], 1, "{ack}");
+    let m = watcher
+        .next_event("message:new", ms(2000))
+        .await
+        .expect("delivered");
+    assert_eq!(
+        (m["offset"].as_u64(), m["content"].as_str()),
+        (Some(1), Some("after the loss"))
+    );
+    let mut late = hosts[1].client("lena").await;
+    let ack = join_since(&mut late, "general", json!({"offset": 56, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], false, "{ack}");
+    drop(hosts);
+    redis.cleanup().await;
 }

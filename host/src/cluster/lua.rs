@@ -10,6 +10,9 @@
 //! - `P:cexp` sorted set: user -> custom status end; `P:active` sorted set: user -> last activity
 //! - `P:typing:<room> 0x1f <thread>` hash: user -> `started|expires|socket`;
 //!   `P:typing:exp` sorted set: `room 0x1f thread 0x1e user` -> expiry
+//! - `P:hist:<room>:meta` hash: `epoch`, `last` (the room's last offset); `P:hist:<room>:log`
+//!   stream: entry id `<offset>-1`, fields `m` (the message JSON) and `t` (ms), trimmed to the
+//!   room's size, expiring after its TTL; new messages published on `P:hist`
 //!
 //! Keys are built inside the scripts, so this needs a standalone Redis (or a primary behind
 //! Sentinel), not Redis Cluster.
@@ -499,3 +502,66 @@ mod tests {
         }
     }
 }
+
+/// ARGV: P, room, message JSON, size, ttl ms, now ms, a new epoch (used when the room has
+/// none), channel. Numbers the message (`last` + 1), keeps it, publishes
+/// `{r, o, e, m}` on the channel, all at once: every instance sees the offsets in order.
+/// Answers `{o, e}`.
+pub static HISTORY_PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local P, room, msg = ARGV[1], ARGV[2], ARGV[3]
+local size, ttl, now, fresh, chan = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local meta = P .. ':hist:' .. room .. ':meta'
+local log = P .. ':hist:' .. room .. ':log'
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  epoch = fresh
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'epoch', epoch, 'last', 0)
+end
+local offset = redis.call('HINCRBY', meta, 'last', 1)
+redis.call('XADD', log, 'MAXLEN', size, offset .. '-1', 'm', msg, 't', now)
+redis.call('PEXPIRE', log, ttl)
+redis.call('PUBLISH', chan, '{"r":' .. cjson.encode(room) .. ',"o":' .. offset .. ',"e":' ..
+  cjson.encode(epoch) .. ',"m":' .. msg .. '}')
+return cjson.encode({ o = offset, e = epoch })
+"#,
+    )
+});
+
+/// ARGV: P, room, first id, last id (inclusive, `-`/`+` for open ends), now ms, ttl ms,
+/// count, `1` for newest first, a new epoch (given to a room that has none). Answers `{e, l, list: [[offset, message JSON], ...]}`: the
+/// room's epoch and last offset, and the entries kept within the TTL.
+pub static HISTORY_RANGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local P, room = ARGV[1], ARGV[2]
+local first, last, now, ttl, count, rev = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local meta = P .. ':hist:' .. room .. ':meta'
+local log = P .. ':hist:' .. room .. ':log'
+local h = redis.call('HMGET', meta, 'epoch', 'last')
+if not h[1] then
+  redis.call('DEL', log)
+  redis.call('HSET', meta, 'epoch', ARGV[9], 'last', 0)
+  h = { ARGV[9], '0' }
+end
+local out = { e = h[1], l = tonumber(h[2] or '0'), list = {} }
+local rows
+if rev == '1' then
+  rows = redis.call('XREVRANGE', log, last, first, 'COUNT', count)
+else
+  rows = redis.call('XRANGE', log, first, last, 'COUNT', count)
+end
+for _, row in ipairs(rows) do
+  local o = tonumber(string.match(row[1], '^(%d+)'))
+  local f, m, t = row[2], nil, 0
+  for i = 1, #f, 2 do
+    if f[i] == 'm' then m = f[i + 1] elseif f[i] == 't' then t = tonumber(f[i + 1]) end
+  end
+  if m and t >= now - ttl then table.insert(out.list, { o, m }) end
+end
+return cjson.encode(out)
+"#,
+    )
+});

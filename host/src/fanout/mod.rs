@@ -22,6 +22,8 @@ use crate::rooms::{USER_ROOM_PREFIX, user_room};
 pub trait Fanout: Send + Sync + 'static {
     /// Every socket in `room`, minus the sockets of `except_user` when given.
     async fn room(&self, room: &str, except_user: Option<&str>, event: &str, data: &Value);
+    /// Every socket of this instance in `room` (the other instances deliver to their own).
+    async fn room_local(&self, room: &str, event: &str, data: &Value);
     /// Every socket in any of `rooms`.
     async fn rooms(&self, rooms: Vec<String>, event: &'static str, data: &Value);
     /// Every connected socket.
@@ -34,6 +36,8 @@ pub trait Fanout: Send + Sync + 'static {
     fn is_socket_id(&self, name: &str) -> bool;
     /// Sockets of this instance per (user, client-visible room).
     fn local_room_sockets(&self) -> BTreeMap<(String, String), u32>;
+    /// Whether a socket of this instance is in `room`.
+    fn has_local(&self, room: &str) -> bool;
     /// This instance's sockets: (socket id, client-visible rooms).
     fn local_sockets(&self) -> Vec<(String, Vec<String>)>;
     /// Disconnects a socket of this instance; false when there is no such socket here.
@@ -97,6 +101,11 @@ impl<A: Adapter> Fanout for SocketIoFanout<A> {
             Some(u) => op.except(user_room(u)),
             None => op,
         };
+        log_err(event, op.emit(event, data).await);
+    }
+
+    async fn room_local(&self, room: &str, event: &str, data: &Value) {
+        let op = self.io.local().to(room.to_string());
         log_err(event, op.emit(event, data).await);
     }
 
@@ -172,6 +181,12 @@ impl<A: Adapter> Fanout for SocketIoFanout<A> {
             None => self.io.except(local.clone()),
         };
         log_err(event, op.emit(event, data).await);
+    }
+
+    fn has_local(&self, room: &str) -> bool {
+        self.io
+            .of("/")
+            .is_some_and(|ns| !ns.local().within(room.to_string()).sockets().is_empty())
     }
 
     fn local_sockets(&self) -> Vec<(String, Vec<String>)> {

@@ -7,14 +7,17 @@
 //! |---|---|
 //! | `mod.rs` | [`Position`], per-room [`Settings`], the [`History`] trait |
 //! | `memory.rs` | [`MemoryHistory`]: one instance; a room's publishes and catch-ups are ordered by one lock per room |
+//! | `redis.rs` | [`RedisHistory`]: across instances; numbered, kept and published by one script, delivered by each instance in offset order |
 //!
 //! The seam between missed and live messages: a catch-up reads the messages after the
 //! client's position and joins the socket to the room under the same per-room order that
 //! publishes go through, so every message is delivered exactly once, missed ones first.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryHistory;
+pub use redis::RedisHistory;
 
 use std::time::Duration;
 

@@ -1,0 +1,373 @@
+//! [`RedisHistory`]: room history across instances. A message is numbered, kept (a stream per
+//! room) and published on one channel by one script, so every instance receives the offsets
+//! in the same order. Each instance delivers a room's messages to its own sockets from that
+//! channel, in offset order (a gap, from a message the subscriber dropped, is filled from the
+//! stream), remembering the last offset it delivered: a catch-up on this instance reads the
+//! stream up to that offset and joins the socket under the same per-room lock, so the next
+//! message reaches the socket live, once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{Catchup, History, Page, Position, Settings, Unavailable};
+use crate::cluster::driver::PubSubDriver;
+use crate::cluster::{RedisConn, de_list, lua, now_ms};
+use crate::fanout::Fanout;
+
+/// Messages waiting in the subscriber's buffer.
+const BUFFER: usize = 16_384;
+/// How often the rooms this instance delivers are checked against the stream.
+const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most messages one check delivers per room.
+const RECONCILE_BATCH: usize = 1000;
+
+/// Settings that keep every entry the stream still has (for filling gaps).
+fn unbounded() -> Settings {
+    Settings {
+        size: usize::MAX,
+        ttl: std::time::Duration::from_secs(u32::MAX.into()),
+    }
+}
+
+/// What this instance delivered of a room.
+#[derive(Debug, Clone)]
+struct Delivered {
+    epoch: String,
+    last: u64,
+}
+
+#[derive(Deserialize)]
+struct Published {
+    o: u64,
+    e: String,
+}
+
+#[derive(Deserialize)]
+struct Range {
+    e: String,
+    l: u64,
+    #[serde(default, deserialize_with = "de_list")]
+    list: Vec<(u64, String)>,
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    r: String,
+    o: u64,
+    e: String,
+    m: Value,
+}
+
+/// Histories in Redis.
+pub struct RedisHistory {
+    redis: Arc<RedisConn>,
+    fanout: Arc<dyn Fanout>,
+    rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Delivered>>>>>,
+}
+
+fn unavailable() -> Unavailable {
+    Unavailable("redis did not answer".into())
+}
+
+/// A new history generation's id.
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// The message as clients get it: with its position.
+fn positioned(mut m: Value, offset: u64, epoch: &str) -> Value {
+    m["offset"] = json!(offset);
+    m["epoch"] = json!(epoch);
+    m
+}
+
+impl RedisHistory {
+    /// Histories over the cluster's connection, delivering through `fanout`'s local sockets.
+    pub fn new(redis: Arc<RedisConn>, fanout: Arc<dyn Fanout>) -> RedisHistory {
+        RedisHistory {
+            redis,
+            fanout,
+            rooms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn channel(&self) -> String {
+        self.redis.key(&["hist"])
+    }
+
+    fn room(&self, room: &str) -> Arc<tokio::sync::Mutex<Option<Delivered>>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(room.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Entries of `room` between two stream ids (inclusive), within the TTL.
+    async fn range(
+        &self,
+        room: &str,
+        first: &str,
+        last: &str,
+        settings: Settings,
+        count: usize,
+        newest_first: bool,
+    ) -> Result<(Range, Vec<(u64, Value)>), Unavailable> {
+        let now = now_ms().to_string();
+        let ttl = settings.ttl.as_millis().to_string();
+        let count = count.to_string();
+        let rev = if newest_first { "1" } else { "0" };
+        let fresh = new_epoch();
+        let r: Range = self
+            .redis
+            .script(
+                &lua::HISTORY_RANGE,
+                &[room, first, last, &now, &ttl, &count, rev, &fresh],
+            )
+            .await
+            .ok_or_else(unavailable)?;
+        let epoch = r.e.clone();
+        let mut list: Vec<(u64, Value)> = r
+            .list
+            .iter()
+            .filter_map(|(o, m)| {
+                serde_json::from_str(m)
+                    .ok()
+                    .map(|m| (*o, positioned(m, *o, &epoch)))
+            })
+            .collect();
+        if newest_first {
+            list.reverse();
+        }
+        Ok((r, list))
+    }
+
+    /// Subscribes to the channel (before the server takes clients: the subscription is made
+    /// with the connection's first subscriptions).
+    pub async fn subscribe(&self, driver: &PubSubDriver) -> Option<MessageStream<ChanItem>> {
+        match driver.subscribe(self.channel(), BUFFER).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "room history: could not subscribe");
+                None
+            }
+        }
+    }
+
+    /// Delivers what the channel brings, in each room's offset order, until `stop`; every
+    /// second, the rooms with sockets here are checked against the stream, so a message
+    /// published while the subscriber was reconnecting is delivered without waiting for the
+    /// next one.
+    pub async fn serve(
+        self: Arc<Self>,
+        messages: MessageStream<ChanItem>,
+        stop: CancellationToken,
+    ) {
+        let mut messages = std::pin::pin!(messages.take_until(stop.cancelled()));
+        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some((_, bytes)) => match serde_json::from_slice::<Incoming>(&bytes) {
+                        Ok(m) => self.deliver(m).await,
+                        Err(e) => tracing::debug!(error = %e, "unreadable history message"),
+                    },
+                    None => return,
+                },
+                _ = tick.tick() => self.reconcile().await,
+            }
+        }
+    }
+
+    /// Delivers what the stream holds past what this instance delivered, room by room.
+    async fn reconcile(&self) {
+        let rooms: Vec<(String, Arc<tokio::sync::Mutex<Option<Delivered>>>)> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(r, s)| (r.clone(), s.clone()))
+            .collect();
+        for (room, slot) in rooms {
+            if !self.fanout.has_local(&room) {
+                continue;
+            }
+            let mut delivered = slot.lock().await;
+            let Some(state) = delivered.as_mut() else {
+                continue;
+            };
+            let first = format!("{}-1", state.last + 1);
+            let Ok((r, list)) = self
+                .range(&room, &first, "+", unbounded(), RECONCILE_BATCH, false)
+                .await
+            else {
+                return;
+            };
+            if r.e != state.epoch {
+                // A new generation: its messages come with the next publication.
+                continue;
+            }
+            for (o, msg) in list {
+                if o == state.last + 1 {
+                    self.fanout.room_local(&room, "message:new", &msg).await;
+                    state.last = o;
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, m: Incoming) {
+        let slot = self.room(&m.r);
+        let mut delivered = slot.lock().await;
+        let state = delivered.get_or_insert_with(|| Delivered {
+            epoch: m.e.clone(),
+            last: m.o.saturating_sub(1),
+        });
+        if state.epoch != m.e {
+            // The history was lost and started again: deliver the new generation from its
+            // start.
+            *state = Delivered {
+                epoch: m.e.clone(),
+                last: 0,
+            };
+        }
+        if m.o <= state.last {
+            return;
+        }
+        if m.o > state.last + 1 {
+            // A gap (the subscriber dropped messages): fill it from the stream.
+            let first = format!("{}-1", state.last + 1);
+            let last = format!("{}-1", m.o - 1);
+            let missing = (m.o - state.last - 1) as usize;
+            match self
+                .range(&m.r, &first, &last, unbounded(), missing, false)
+                .await
+            {
+                Ok((_, list)) => {
+                    for (o, msg) in list {
+                        self.fanout.room_local(&m.r, "message:new", &msg).await;
+                        state.last = o;
+                    }
+                }
+                Err(e) => tracing::warn!(room = %m.r, error = %e, "history gap not filled"),
+            }
+        }
+        let msg = positioned(m.m, m.o, &m.e);
+        self.fanout.room_local(&m.r, "message:new", &msg).await;
+        state.last = m.o;
+    }
+}
+
+#[async_trait]
+impl History for RedisHistory {
+    async fn publish(
+        &self,
+        room: &str,
+        settings: Settings,
+        message: Value,
+    ) -> Result<Position, Unavailable> {
+        let json = serde_json::to_string(&message).map_err(|e| Unavailable(e.to_string()))?;
+        let size = settings.size.to_string();
+        let ttl = settings.ttl.as_millis().to_string();
+        let now = now_ms().to_string();
+        let fresh = new_epoch();
+        let channel = self.channel();
+        let p: Published = self
+            .redis
+            .script(
+                &lua::HISTORY_PUBLISH,
+                &[room, &json, &size, &ttl, &now, &fresh, &channel],
+            )
+            .await
+            .ok_or_else(unavailable)?;
+        Ok(Position {
+            offset: p.o,
+            epoch: p.e,
+        })
+    }
+
+    async fn catch_up(
+        &self,
+        room: &str,
+        settings: Settings,
+        since: Option<&Position>,
+        deliver: &mut (dyn for<'c> FnMut(&'c Catchup) + Send),
+    ) -> Result<(Catchup, Position), Unavailable> {
+        let slot = self.room(room);
+        let mut delivered = slot.lock().await;
+        // What this instance has delivered: the first socket here starts at the room's
+        // current position (no socket here was in the room before it).
+        let state = match delivered.as_ref() {
+            Some(d) => d.clone(),
+            None => {
+                let (r, _) = self.range(room, "+", "+", settings, 1, false).await?;
+                let d = Delivered {
+                    epoch: r.e,
+                    last: r.l,
+                };
+                *delivered = Some(d.clone());
+                d
+            }
+        };
+        let current = Position {
+            offset: state.last,
+            epoch: state.epoch.clone(),
+        };
+        let found = match since {
+            None => Catchup::NotAsked,
+            Some(s) if s.epoch != state.epoch || s.offset > state.last => Catchup::Lost,
+            Some(s) if s.offset == state.last => Catchup::Recovered(Vec::new()),
+            Some(s) => {
+                let first = format!("{}-1", s.offset + 1);
+                let last = format!("{}-1", state.last);
+                let want = (state.last - s.offset) as usize;
+                let (_, list) = self
+                    .range(room, &first, &last, settings, want, false)
+                    .await?;
+                if list.first().map(|(o, _)| *o) == Some(s.offset + 1) && list.len() == want {
+                    Catchup::Recovered(list.into_iter().map(|(_, m)| m).collect())
+                } else {
+                    Catchup::Lost
+                }
+            }
+        };
+        deliver(&found);
+        Ok((found, current))
+    }
+
+    async fn page(
+        &self,
+        room: &str,
+        settings: Settings,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Position), Unavailable> {
+        let (r, list) = match page {
+            Page::Newest => self.range(room, "-", "+", settings, limit, true).await?,
+            Page::Before(b) if b <= 1 => self.range(room, "+", "+", settings, 1, true).await?,
+            Page::Before(b) => {
+                let last = format!("{}-1", b - 1);
+                self.range(room, "-", &last, settings, limit, true).await?
+            }
+            Page::After(a) => {
+                let first = format!("{}-1", a + 1);
+                self.range(room, &first, "+", settings, limit, false)
+                    .await?
+            }
+        };
+        let position = Position {
+            offset: r.l,
+            epoch: r.e,
+        };
+        Ok((list.into_iter().map(|(_, m)| m).collect(), position))
+    }
+}

@@ -197,6 +197,7 @@ impl TestHost {
             room_type,
             visibility,
             max_members,
+            settings: serde_json::json!({}),
         };
         self.store()
             .await

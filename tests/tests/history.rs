@@ -411,3 +411,65 @@ async fn a_client_recovers_on_the_other_instance() {
     drop(hosts);
     redis.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_history_by_its_own_settings() {
+    let host = TestHost::start(&[]).await;
+    let cli = |args: &'static [&'static str]| {
+        let db = host.database_url.clone();
+        tokio::task::spawn_blocking(move || {
+            nself_realtime_tests::process::run_cli(&[("DATABASE_URL", &db)], args)
+        })
+    };
+    let out = cli(&[
+        "create-room",
+        "ops",
+        "--history-size",
+        "3",
+        "--history-ttl",
+        "1h",
+        "--json",
+    ])
+    .await
+    .expect("cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let room: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        room["settings"]["history"],
+        json!({"size": 3, "ttl": 3600}),
+        "{room}"
+    );
+    let out = cli(&["create-room", "ops2", "--history-ttl", "soon"])
+        .await
+        .expect("cli");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--history-ttl") && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
+
+    let mut a = host.joined("sam", "ops").await;
+    for i in 1..=5u64 {
+        let ack = a.send_message("ops", &format!("m{i}")).await;
+        assert_eq!(ack["data"]["offset"], i, "{ack}");
+    }
+    let page = a
+        .emit_ack("message:history", json!({"roomName": "ops"}), ms(5000))
+        .await;
+    assert_eq!(
+        offsets(page["data"]["messages"].as_array().expect("messages")),
+        vec![3, 4, 5],
+        "size 3: {page}"
+    );
+    let mut g = host.joined("sam", "general").await;
+    let ack = g.send_message("general", "plain").await;
+    assert!(
+        ack["data"].get("offset").is_none(),
+        "no server-wide history: {ack}"
+    );
+}

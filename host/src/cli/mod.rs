@@ -278,6 +278,13 @@ pub struct CreateRoomArgs {
     /// Member limit.
     #[arg(long)]
     pub max_members: Option<i32>,
+    /// Messages kept in the room's history (0: none; default REALTIME_HISTORY_SIZE).
+    #[arg(long)]
+    pub history_size: Option<u32>,
+    /// How long a message stays in the room's history: 600, 90s, 30m, 1h, 7d (default
+    /// REALTIME_HISTORY_TTL).
+    #[arg(long)]
+    pub history_ttl: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

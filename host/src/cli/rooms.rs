@@ -63,12 +63,28 @@ pub async fn create(store: &Store, args: CreateRoomArgs) -> anyhow::Result<()> {
         room_type,
         visibility,
         max_members,
+        history_size,
+        history_ttl,
         json,
     } = args;
     validate_room_name(&name).map_err(|e| anyhow::anyhow!("{} (got {name:?})", e.message))?;
     if max_members.is_some_and(|m| m < 1) {
         anyhow::bail!("--max-members must be at least 1");
     }
+    let mut history = serde_json::Map::new();
+    if let Some(size) = history_size {
+        history.insert("size".into(), json!(size));
+    }
+    if let Some(ttl) = &history_ttl {
+        let secs =
+            crate::util::parse_seconds(ttl).map_err(|e| anyhow::anyhow!("--history-ttl {e}"))?;
+        history.insert("ttl".into(), json!(secs));
+    }
+    let settings = if history.is_empty() {
+        json!({})
+    } else {
+        json!({ "history": history })
+    };
     let existed = store.room(&name).await?.is_some();
     let mut room = store
         .create_room(&NewRoom {
@@ -76,6 +92,7 @@ pub async fn create(store: &Store, args: CreateRoomArgs) -> anyhow::Result<()> {
             room_type,
             visibility,
             max_members,
+            settings,
         })
         .await?;
     let reactivated = !room.is_active && store.set_room_active(&room.name, true).await?;

@@ -118,6 +118,8 @@ pub struct NewRoom {
     pub visibility: Visibility,
     /// Member limit.
     pub max_members: Option<i32>,
+    /// Free-form settings (`{}` for none; `history: {size, ttl}` is read by the server).
+    pub settings: Value,
 }
 
 impl NewRoom {
@@ -128,6 +130,7 @@ impl NewRoom {
             room_type: RoomType::Channel,
             visibility: Visibility::Public,
             max_members: None,
+            settings: Value::Object(Default::default()),
         }
     }
 }

@@ -511,8 +511,8 @@ impl Backend for PgBackend {
         // Insert-or-read in one statement; an existing room is returned unchanged.
         let row = sqlx::query(
             "WITH ins AS ( \
-               INSERT INTO realtime_rooms (name, type, visibility, max_members) \
-               VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING RETURNING * \
+               INSERT INTO realtime_rooms (name, type, visibility, max_members, settings) \
+               VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING RETURNING * \
              ) \
              SELECT * FROM ins UNION ALL \
              SELECT * FROM realtime_rooms WHERE name = $1 AND NOT EXISTS (SELECT 1 FROM ins)",
@@ -521,6 +521,7 @@ impl Backend for PgBackend {
         .bind(room.room_type.as_str())
         .bind(room.visibility.as_str())
         .bind(room.max_members)
+        .bind(json(&room.settings).into_owned())
         .fetch_one(&self.pool)
         .await?;
         room_from_row(&row)

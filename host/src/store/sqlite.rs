@@ -413,8 +413,8 @@ impl Backend for SqliteBackend {
     async fn create_room(&self, room: &NewRoom) -> Result<Room, StoreError> {
         let now = ts(Utc::now());
         let row = sqlx::query(
-            "INSERT INTO realtime_rooms (id, name, type, visibility, max_members, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO realtime_rooms (id, name, type, visibility, max_members, settings, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT(name) DO UPDATE SET updated_at = excluded.updated_at RETURNING *",
         )
         .bind(new_id())
@@ -422,6 +422,7 @@ impl Backend for SqliteBackend {
         .bind(room.room_type.as_str())
         .bind(room.visibility.as_str())
         .bind(room.max_members)
+        .bind(room.settings.to_string())
         .bind(&now)
         .bind(&now)
         .fetch_one(&self.pool)

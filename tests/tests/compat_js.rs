@@ -55,6 +55,21 @@ async fn readme_flow_with_the_official_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_helper_with_the_official_client() {
+    let helper = node_dir().join("../../clients/js/dist/index.js");
+    assert!(
+        helper.is_file(),
+        "clients/js is not built: run `npm ci --prefix clients/js && npm run build --prefix clients/js` (scripts/test does)"
+    );
+    let host = TestHost::start(&[
+        ("REALTIME_HISTORY_SIZE", "100"),
+        ("REALTIME_EVENT_RATE", "10000"),
+    ])
+    .await;
+    run_script(&host, "catchup_helper.mjs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_error_messages_with_the_official_client() {
     let host = TestHost::start(&[]).await;
     run_script(&host, "auth_errors.mjs").await;

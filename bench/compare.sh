@@ -13,6 +13,9 @@
 #   join         room:leave/join churn at STORM_RATE events/s
 #   policy       nself-realtime only: fan-out --find-max with no module vs the four example
 #                policy modules (built with scripts/build-plugins when missing)
+#   history      nself-realtime only: fan-out --find-max with room history off vs on
+#                (REALTIME_HISTORY_SIZE=HISTORY_SIZE), in memory, and in Redis (one instance
+#                with REDIS_URL, against the same without history)
 #   multi        two instances of each + Redis (REDIS_URL, default redis://127.0.0.1:6379),
 #                fan-out --find-max with the clients spread over both instances
 #   scale        nself-realtime only: fan-out --find-max on one instance vs two instances +
@@ -45,7 +48,8 @@
 #   STORM_CONCURRENCY [256] connects in flight in the join storm and the herd
 #   PRESENCE_SCOPE [all]  nself-realtime's REALTIME_PRESENCE_SCOPE
 #   SERVER_ENV          extra VAR=value words for nself-realtime (e.g. "REALTIME_EVENT_RATE=100")
-#   REDIS_URL [redis://127.0.0.1:6379]  for `multi`
+#   REDIS_URL [redis://127.0.0.1:6379]  for `multi`, `scale` and `history`
+#   HISTORY_SIZE [1000] messages kept per room in the `history` scenario
 #   SERVER_BIN, BENCH_BIN  prebuilt nself-realtime / realtime-bench (default: cargo build --release)
 #   SCRATCH             scratch directory (default: a new temporary one)
 #   KEEP_SCRATCH [0]    keep it
@@ -83,6 +87,7 @@ STORM_CONCURRENCY="${STORM_CONCURRENCY:-256}"
 PRESENCE_SCOPE="${PRESENCE_SCOPE:-all}"
 SERVER_ENV="${SERVER_ENV:-}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
+HISTORY_SIZE="${HISTORY_SIZE:-1000}"
 SECRET="bench-secret-0123456789abcdef0123456789"
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(connections fanout-max)
@@ -221,6 +226,13 @@ run_one() {
       local first=$server_pid
       start_node $((port + 1)) "$REDIS_URL"
       pidsargs=(--server-pid "$first" --url "http://127.0.0.1:$((port + 1))") ;;
+    rust:history-memory)
+      local SERVER_ENV="$SERVER_ENV REALTIME_HISTORY_SIZE=$HISTORY_SIZE"
+      start_rust "$port" "$scratch/no-plugins" ;;
+    rust:history-off-redis) start_rust "$port" "$scratch/no-plugins" "$REDIS_URL" ;;
+    rust:history-redis)
+      local SERVER_ENV="$SERVER_ENV REALTIME_HISTORY_SIZE=$HISTORY_SIZE"
+      start_rust "$port" "$scratch/no-plugins" "$REDIS_URL" ;;
     rust:*) start_rust "$port" "$scratch/no-plugins" ;;
     node:*) start_node "$port" ;;
   esac
@@ -232,7 +244,7 @@ run_one() {
         --hold "$HOLD" --source-ips "$SOURCE_IPS" ;;
     fanout | fanout-fixed)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
-    fanout-max | policy-none | policy-examples | multi | scale-one | scale-two)
+    fanout-max | policy-none | policy-examples | multi | scale-one | scale-two | history-*)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "$RATE" --find-max \
         --step-factor "$STEP_FACTOR" ;;
     typing | presence | join)
@@ -411,6 +423,8 @@ if a == "policy-examples":
     names = ("with modules", "no modules")
 if a == "scale-two":
     names = ("two instances + Redis", "one instance")
+if a.startswith("history"):
+    names = ("history on", "history off")
 print(f"\n### {label} (median of {len(ra)}/{len(rb)} runs)\n")
 print(f"| figure | {names[0]} | {names[1]} | ratio |")
 print("|---|---:|---:|---:|")
@@ -448,6 +462,15 @@ for scenario in "${scenarios[@]}"; do
       done
       table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
     multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" ;;
+    history)
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one history-off rust "$round"
+        run_one history-memory rust "$round"
+        run_one history-off-redis rust "$round"
+        run_one history-redis rust "$round"
+      done
+      table "history: $HISTORY_SIZE messages per room in memory vs none (nself-realtime)" history-memory history-off
+      table "history: $HISTORY_SIZE messages per room in Redis vs none, one instance with Redis" history-redis history-off-redis ;;
     storm)
       for n in $STORM_CLIENTS; do
         run_pair "storm-$n" "storm-$n" "join storm: $n clients into $ROOMS rooms, $STORM_CONCURRENCY in flight"

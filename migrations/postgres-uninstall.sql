@@ -6,7 +6,7 @@
 DROP VIEW IF EXISTS realtime_active_connections, realtime_room_stats, realtime_current_typing,
     realtime_presence_summary;
 DROP TABLE IF EXISTS realtime_typing, realtime_events, realtime_room_members, realtime_presence,
-    realtime_connections, realtime_rooms, realtime_nodes;
+    realtime_connections, realtime_rooms, realtime_nodes, realtime_messages;
 DROP FUNCTION IF EXISTS cleanup_expired_typing(), update_presence_from_activity(),
     disconnect_stale_connections(), update_room_timestamp(), update_presence_timestamp(),
     realtime_notify_room_change(), realtime_notify_member_change();

@@ -206,6 +206,9 @@ pub struct Config {
     /// `REALTIME_HISTORY_TTL` (default 10m): how long a message stays in history (a room's
     /// `settings.history.ttl`, seconds, overrides it).
     pub history_ttl: Duration,
+    /// `REALTIME_HISTORY_PERSIST` (default false): room history is also written to the
+    /// database (one instance: it survives restarts, positions continue).
+    pub history_persist: bool,
     /// `REALTIME_API_KEY`: turns the server API (`/api/...`) on; its requests need
     /// `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
@@ -465,6 +468,7 @@ impl Config {
             api_key,
             enable_admin,
             history_size: v.num("REALTIME_HISTORY_SIZE", 0usize)?,
+            history_persist: v.bool("REALTIME_HISTORY_PERSIST", false)?,
             history_ttl: match v.raw("REALTIME_HISTORY_TTL") {
                 None => Duration::from_secs(600),
                 Some(t) => Duration::from_secs(crate::util::parse_seconds(&t).map_err(|_| {

@@ -102,10 +102,15 @@ pub async fn run(
             let feed = h.subscribe(&c.driver()).await.map(|s| (h.clone(), s));
             (h, feed)
         }
-        None => (
-            Arc::new(crate::history::MemoryHistory::new(fanout.clone())),
-            None,
-        ),
+        None => {
+            let persist = config
+                .history_persist
+                .then(|| (store.clone(), writer.clone()));
+            (
+                Arc::new(crate::history::MemoryHistory::new(fanout.clone(), persist)),
+                None,
+            )
+        }
     };
     let app = Arc::new(App {
         presence: Presence::new(shared.presence, &config, writer.clone(), fanout.clone()),

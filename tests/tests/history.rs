@@ -473,3 +473,72 @@ async fn a_room_keeps_history_by_its_own_settings() {
         "no server-wide history: {ack}"
     );
 }
+
+/// Keeps history in the database at `url`, restarts the server on it: positions continue in
+/// the same epoch and the kept messages are still there for catch-up and paging.
+async fn history_survives_a_restart(url: &str) {
+    let vars = [
+        ("DATABASE_URL", url),
+        ("REALTIME_HISTORY_SIZE", "100"),
+        ("REALTIME_HISTORY_PERSIST", "true"),
+        ("REALTIME_EVENT_RATE", "10000"),
+    ];
+    let mut first = TestHost::start(&vars).await;
+    let mut sam = first.joined("sam", "general").await;
+    let mut epoch = String::new();
+    for i in 1..=10u64 {
+        let ack = sam.send_message("general", &format!("m{i}")).await;
+        assert_eq!(ack["data"]["offset"], i, "{ack}");
+        epoch = ack["data"]["epoch"].as_str().expect("epoch").to_string();
+    }
+    drop(sam);
+    first.shutdown().await.expect("clean stop");
+
+    let second = TestHost::start(&vars).await;
+    let mut rita = second.client("rita").await;
+    let ack = join_since(&mut rita, "general", json!({"offset": 7, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    assert_eq!(
+        ack["data"]["position"],
+        json!({"offset": 10, "epoch": epoch}),
+        "{ack}"
+    );
+    let missed = take(&mut rita, 3).await;
+    assert_eq!(offsets(&missed), vec![8, 9, 10]);
+    assert_eq!(missed[2]["content"], "m10");
+    let mut sam = second.joined("sam", "general").await;
+    let ack = sam.send_message("general", "after the restart").await;
+    assert_eq!(
+        (
+            ack["data"]["offset"].as_u64(),
+            ack["data"]["epoch"].as_str()
+        ),
+        (Some(11), Some(epoch.as_str())),
+        "{ack}"
+    );
+    let page = sam
+        .emit_ack(
+            "message:history",
+            json!({"roomName": "general", "limit": 100}),
+            ms(5000),
+        )
+        .await;
+    assert_eq!(
+        offsets(page["data"]["messages"].as_array().expect("messages")),
+        (1..=11).collect::<Vec<u64>>(),
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_history_survives_a_restart_on_postgresql() {
+    let db = nself_realtime_tests::pg::FreshDb::create().await;
+    history_survives_a_restart(&db.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_history_survives_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/history.db", dir.path().display());
+    history_survives_a_restart(&url).await;
+}

@@ -48,8 +48,9 @@ async fn migrations_apply_twice() {
         .execute(&mut c)
         .await
         .expect("migration SQL re-run by hand");
-    // 6 tables of the original + realtime_nodes; 4 views; 5 functions; 2 triggers.
-    assert_eq!(schema_shape(&mut c).await, (7, 4, 5, 2));
+    // 6 tables of the original + realtime_nodes and realtime_messages; 4 views; 5 functions;
+    // 2 triggers.
+    assert_eq!(schema_shape(&mut c).await, (8, 4, 5, 2));
 }
 
 /// The original plugin's schema (its tables.sql as the reference describes it, including the
@@ -112,7 +113,7 @@ async fn migrations_apply_over_the_original_schema() {
     Store::connect(&db.url)
         .await
         .expect("nself-realtime migrations over the original schema");
-    assert_eq!(schema_shape(&mut c).await, (7, 4, 5, 2));
+    assert_eq!(schema_shape(&mut c).await, (8, 4, 5, 2));
     let dups: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM realtime_typing WHERE user_id = 'dup'")
             .fetch_one(&mut c)

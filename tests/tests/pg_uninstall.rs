@@ -29,8 +29,8 @@ async fn uninstall_drops_exactly_the_plugin_objects() {
     let mut conn = db.connect().await;
     assert_eq!(
         count(&mut conn, OUR_RELATIONS).await,
-        11,
-        "7 tables + 4 views"
+        12,
+        "8 tables + 4 views"
     );
     assert_eq!(count(&mut conn, OUR_FUNCTIONS).await, 5);
     sqlx::raw_sql(
@@ -44,7 +44,7 @@ async fn uninstall_drops_exactly_the_plugin_objects() {
     let out = command(&vars).arg("uninstall").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
-    assert_eq!(count(&mut conn, OUR_RELATIONS).await, 11);
+    assert_eq!(count(&mut conn, OUR_RELATIONS).await, 12);
 
     let report: serde_json::Value =
         serde_json::from_str(&cli(&vars, &["uninstall", "--yes", "--json"])).unwrap();
@@ -62,7 +62,7 @@ async fn uninstall_drops_exactly_the_plugin_objects() {
 
     // Re-installing works after an uninstall.
     cli(&vars, &["init"]);
-    assert_eq!(count(&mut conn, OUR_RELATIONS).await, 11);
+    assert_eq!(count(&mut conn, OUR_RELATIONS).await, 12);
 }
 
 #[tokio::test]
@@ -85,6 +85,6 @@ async fn a_foreign_dependency_stops_the_uninstall_and_nothing_is_dropped() {
         err.contains("other_app_rooms") || err.contains("depend"),
         "{err}"
     );
-    assert_eq!(count(&mut conn, OUR_RELATIONS).await, 11, "rolled back");
+    assert_eq!(count(&mut conn, OUR_RELATIONS).await, 12, "rolled back");
     assert_eq!(count(&mut conn, OUR_FUNCTIONS).await, 5);
 }

@@ -11,8 +11,12 @@ use serde_json::{Value, json};
 
 use super::{Catchup, History, Page, Position, Settings, Unavailable};
 use crate::fanout::Fanout;
+use crate::store::writer::Writer;
+use crate::store::{Store, WriteOp};
 
 struct Log {
+    /// Read from the database (or not to be): history persistence loads a room once.
+    loaded: bool,
     epoch: String,
     /// Offset of the last message numbered (0: none yet).
     last: u64,
@@ -24,6 +28,7 @@ impl Log {
     fn new() -> Log {
         let id = uuid::Uuid::new_v4().simple().to_string();
         Log {
+            loaded: false,
             epoch: id[..12].to_string(),
             last: 0,
             entries: VecDeque::new(),
@@ -56,24 +61,65 @@ impl Log {
 pub struct MemoryHistory {
     rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Log>>>>,
     fanout: Arc<dyn Fanout>,
+    /// With `REALTIME_HISTORY_PERSIST`: messages are also written (through the group-commit
+    /// writer) and a room's history is read back the first time it is used.
+    persist: Option<(Store, Writer)>,
 }
 
+/// Longest wait for a room's kept history at its first use.
+const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl MemoryHistory {
-    /// Histories that deliver through `fanout`.
-    pub fn new(fanout: Arc<dyn Fanout>) -> MemoryHistory {
+    /// Histories that deliver through `fanout`; kept in the database too with `persist`.
+    pub fn new(fanout: Arc<dyn Fanout>, persist: Option<(Store, Writer)>) -> MemoryHistory {
         MemoryHistory {
             rooms: Mutex::new(HashMap::new()),
             fanout,
+            persist,
         }
     }
 
-    fn log(&self, room: &str) -> Arc<tokio::sync::Mutex<Log>> {
-        self.rooms
+    /// The room's log, locked; read from the database at its first use when persisted.
+    async fn log(
+        &self,
+        room: &str,
+        settings: Settings,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Log>, Unavailable> {
+        let slot = self
+            .rooms
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(room.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Log::new())))
-            .clone()
+            .clone();
+        let mut log = slot.lock_owned().await;
+        if !log.loaded {
+            if let Some((store, _)) = &self.persist {
+                let limit = i64::try_from(settings.size).unwrap_or(i64::MAX);
+                let kept = tokio::time::timeout(LOAD_WAIT, store.kept_history(room, limit))
+                    .await
+                    .map_err(|_| Unavailable("the database did not answer in time".into()))?
+                    .map_err(|e| Unavailable(e.to_string()))?;
+                if let Some(kept) = kept {
+                    // Positions continue where the kept history ends.
+                    log.epoch = kept.epoch;
+                    log.last = kept.last;
+                    let now = chrono::Utc::now();
+                    log.entries = kept
+                        .entries
+                        .into_iter()
+                        .map(|(o, m, at)| {
+                            let age = (now - at).to_std().unwrap_or_default();
+                            let kept_at =
+                                Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                            (o, kept_at, m)
+                        })
+                        .collect();
+                }
+            }
+            log.loaded = true;
+        }
+        Ok(log)
     }
 }
 
@@ -132,8 +178,7 @@ impl History for MemoryHistory {
         settings: Settings,
         mut message: Value,
     ) -> Result<Position, Unavailable> {
-        let log = self.log(room);
-        let mut log = log.lock().await;
+        let mut log = self.log(room, settings).await?;
         log.last += 1;
         let position = log.position();
         message["offset"] = json!(position.offset);
@@ -141,6 +186,17 @@ impl History for MemoryHistory {
         log.entries
             .push_back((position.offset, Instant::now(), message.clone()));
         log.trim(settings);
+        if let Some((_, writer)) = &self.persist {
+            let at = chrono::Utc::now();
+            writer.write(WriteOp::MessageKept {
+                room: room.to_string(),
+                epoch: position.epoch.clone(),
+                offset: position.offset,
+                message: message.clone(),
+                at,
+                expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
+            });
+        }
         // Under the lock: the room's sockets get the messages in offset order.
         self.fanout.room(room, None, "message:new", &message).await;
         Ok(position)
@@ -153,8 +209,7 @@ impl History for MemoryHistory {
         since: Option<&Position>,
         deliver: &mut (dyn for<'c> FnMut(&'c Catchup) + Send),
     ) -> Result<(Catchup, Position), Unavailable> {
-        let log = self.log(room);
-        let mut log = log.lock().await;
+        let mut log = self.log(room, settings).await?;
         log.trim(settings);
         let current = log.position();
         let found = match since {
@@ -177,8 +232,7 @@ impl History for MemoryHistory {
         page: Page,
         limit: usize,
     ) -> Result<(Vec<Value>, Position), Unavailable> {
-        let log = self.log(room);
-        let mut log = log.lock().await;
+        let mut log = self.log(room, settings).await?;
         log.trim(settings);
         let entries = log
             .entries

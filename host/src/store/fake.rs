@@ -161,6 +161,9 @@ impl Backend for Fake {
     async fn reset_live_state(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn kept_history(&self, _: &str, _: i64) -> Result<Option<KeptHistory>, StoreError> {
+        Ok(None)
+    }
     async fn cleanup(&self, _: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(0)
     }

@@ -96,7 +96,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn events(&self, limit: i64) -> Result<Vec<EventRow>, StoreError>;
     /// Marks every connected row disconnected and every user offline.
     async fn reset_live_state(&self) -> Result<(), StoreError>;
-    /// Deletes expired typing rows and audit rows older than `events_before`.
+    /// A room's kept history (its newest epoch, at most `limit` unexpired messages), None
+    /// when the database keeps none for it.
+    async fn kept_history(&self, room: &str, limit: i64)
+    -> Result<Option<KeptHistory>, StoreError>;
+    /// Deletes expired typing rows and history messages, and audit rows older than
+    /// `events_before`.
     async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// A server starts: it takes its lease and starts from a clean slate for itself. SQLite
     /// serves one node, so there every live row is reset.

@@ -242,6 +242,21 @@ pub enum WriteOp {
         /// When.
         at: DateTime<Utc>,
     },
+    /// A message of a room with persisted history.
+    MessageKept {
+        /// Room name.
+        room: String,
+        /// History generation.
+        epoch: String,
+        /// Offset in the room.
+        offset: u64,
+        /// The message as delivered (with its offset and epoch).
+        message: Value,
+        /// When it was kept.
+        at: DateTime<Utc>,
+        /// When it expires.
+        expires_at: DateTime<Utc>,
+    },
     /// A socket disconnected.
     ConnectionClosed {
         /// Socket id.
@@ -474,4 +489,15 @@ pub struct Offline {
     pub user_id: String,
     /// Names of the rooms the user is a member of.
     pub rooms: Vec<String>,
+}
+
+/// A room's history as the database keeps it (the newest epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptHistory {
+    /// The newest generation.
+    pub epoch: String,
+    /// Its last offset.
+    pub last: u64,
+    /// Its unexpired messages, oldest first: (offset, message, kept at).
+    pub entries: Vec<(u64, Value, DateTime<Utc>)>,
 }

@@ -20,8 +20,8 @@ use sqlx::{Acquire, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Role,
-    Room, RoomCount, Stats, StoreError, Watermark, WriteOp, stats_from_rows,
+    Backend, Change, ConnectionRow, EventRow, KeptHistory, Member, MemberOp, NewRoom, Offline,
+    Position, Role, Room, RoomCount, Stats, StoreError, Watermark, WriteOp, stats_from_rows,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -277,6 +277,28 @@ async fn apply_one(tx: &mut Transaction<'_, Postgres>, op: &WriteOp) -> Result<(
             apply_membership(tx, op).await
         }
         WriteOp::Event { .. } => unreachable!("audit rows are inserted in bulk"),
+        WriteOp::MessageKept {
+            room,
+            epoch,
+            offset,
+            message,
+            at,
+            expires_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_messages (room_name, epoch, msg_offset, message, created_at, \
+                 expires_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(text(room).into_owned())
+            .bind(text(epoch).into_owned())
+            .bind(i64::try_from(*offset).unwrap_or(i64::MAX))
+            .bind(json(message).into_owned())
+            .bind(at)
+            .bind(expires_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
     }
 }
 
@@ -936,6 +958,51 @@ impl Backend for PgBackend {
         Ok(())
     }
 
+    async fn kept_history(
+        &self,
+        room: &str,
+        limit: i64,
+    ) -> Result<Option<KeptHistory>, StoreError> {
+        let newest = sqlx::query(
+            "SELECT epoch, MAX(msg_offset) AS last FROM realtime_messages WHERE room_name = $1 \
+             AND epoch = (SELECT epoch FROM realtime_messages WHERE room_name = $1 \
+                          ORDER BY created_at DESC, msg_offset DESC LIMIT 1) GROUP BY epoch",
+        )
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(newest) = newest else {
+            return Ok(None);
+        };
+        let epoch: String = newest.try_get("epoch")?;
+        let last: i64 = newest.try_get("last")?;
+        let rows = sqlx::query(
+            "SELECT msg_offset, message, created_at FROM ( \
+               SELECT msg_offset, message, created_at FROM realtime_messages \
+               WHERE room_name = $1 AND epoch = $2 AND expires_at > NOW() \
+               ORDER BY msg_offset DESC LIMIT $3) newest ORDER BY msg_offset",
+        )
+        .bind(room)
+        .bind(&epoch)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let offset: i64 = r.try_get("msg_offset")?;
+            entries.push((
+                offset.max(0) as u64,
+                r.try_get::<Value, _>("message")?,
+                r.try_get::<DateTime<Utc>, _>("created_at")?,
+            ));
+        }
+        Ok(Some(KeptHistory {
+            epoch,
+            last: last.max(0) as u64,
+            entries,
+        }))
+    }
+
     async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError> {
         let typing = sqlx::query("DELETE FROM realtime_typing WHERE expires_at < NOW()")
             .execute(&self.pool)
@@ -944,7 +1011,10 @@ impl Backend for PgBackend {
             .bind(events_before)
             .execute(&self.pool)
             .await?;
-        Ok(typing.rows_affected() + events.rows_affected())
+        let messages = sqlx::query("DELETE FROM realtime_messages WHERE expires_at < NOW()")
+            .execute(&self.pool)
+            .await?;
+        Ok(typing.rows_affected() + events.rows_affected() + messages.rows_affected())
     }
 
     async fn watch(

@@ -17,8 +17,9 @@ use uuid::Uuid;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Backend, Change, ConnectionRow, EventRow, Member, MemberOp, NewRoom, Offline, Position, Role,
-    Room, RoomCount, Stats, StoreError, Watermark, WriteOp, parse_ts, stats_from_rows, ts,
+    Backend, Change, ConnectionRow, EventRow, KeptHistory, Member, MemberOp, NewRoom, Offline,
+    Position, Role, Room, RoomCount, Stats, StoreError, Watermark, WriteOp, parse_ts,
+    stats_from_rows, ts,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -137,6 +138,28 @@ async fn apply_one(
         WriteOp::TypingSet { .. } | WriteOp::TypingClear { .. } => apply_typing(tx, op).await,
         WriteOp::MemberJoin { .. } | WriteOp::MemberSeen { .. } | WriteOp::MemberLeave { .. } => {
             apply_membership(tx, op).await
+        }
+        WriteOp::MessageKept {
+            room,
+            epoch,
+            offset,
+            message,
+            at,
+            expires_at,
+        } => {
+            sqlx::query(
+                "INSERT INTO realtime_messages (room_name, epoch, msg_offset, message, created_at, \
+                 expires_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(room)
+            .bind(epoch)
+            .bind(i64::try_from(*offset).unwrap_or(i64::MAX))
+            .bind(message.to_string())
+            .bind(ts(*at))
+            .bind(ts(*expires_at))
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
         }
         WriteOp::Event {
             id,
@@ -756,16 +779,68 @@ impl Backend for SqliteBackend {
         }
     }
 
+    async fn kept_history(
+        &self,
+        room: &str,
+        limit: i64,
+    ) -> Result<Option<KeptHistory>, StoreError> {
+        let newest = sqlx::query(
+            "SELECT epoch, MAX(msg_offset) AS last FROM realtime_messages WHERE room_name = ?1 \
+             AND epoch = (SELECT epoch FROM realtime_messages WHERE room_name = ?1 \
+                          ORDER BY created_at DESC, msg_offset DESC LIMIT 1) GROUP BY epoch",
+        )
+        .bind(room)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(newest) = newest else {
+            return Ok(None);
+        };
+        let epoch: String = newest.try_get("epoch")?;
+        let last: i64 = newest.try_get("last")?;
+        let rows = sqlx::query(
+            "SELECT msg_offset, message, created_at FROM ( \
+               SELECT msg_offset, message, created_at FROM realtime_messages \
+               WHERE room_name = ? AND epoch = ? AND expires_at > ? \
+               ORDER BY msg_offset DESC LIMIT ?) ORDER BY msg_offset",
+        )
+        .bind(room)
+        .bind(&epoch)
+        .bind(ts(Utc::now()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let offset: i64 = r.try_get("msg_offset")?;
+            let message: String = r.try_get("message")?;
+            entries.push((
+                offset.max(0) as u64,
+                serde_json::from_str(&message).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                parse_ts(&r.try_get::<String, _>("created_at")?)?,
+            ));
+        }
+        Ok(Some(KeptHistory {
+            epoch,
+            last: last.max(0) as u64,
+            entries,
+        }))
+    }
+
     async fn cleanup(&self, events_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let now = ts(Utc::now());
         let typing = sqlx::query("DELETE FROM realtime_typing WHERE expires_at < ?")
-            .bind(ts(Utc::now()))
+            .bind(&now)
             .execute(&self.pool)
             .await?;
         let events = sqlx::query("DELETE FROM realtime_events WHERE created_at < ?")
             .bind(ts(events_before))
             .execute(&self.pool)
             .await?;
-        Ok(typing.rows_affected() + events.rows_affected())
+        let messages = sqlx::query("DELETE FROM realtime_messages WHERE expires_at < ?")
+            .bind(&now)
+            .execute(&self.pool)
+            .await?;
+        Ok(typing.rows_affected() + events.rows_affected() + messages.rows_affected())
     }
 }
 

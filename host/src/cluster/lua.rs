@@ -460,49 +460,6 @@ return n
     )
 });
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every script compiles on a real Redis (`NSELF_TEST_REDIS`, else the local one): a
-    /// syntax error would otherwise only show when its transition first happens.
-    #[tokio::test]
-    async fn every_script_compiles_on_redis() {
-        let url =
-            std::env::var("NSELF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        let client = redis::Client::open(url.as_str()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap_or_else(|e| panic!("a Redis must answer at {url}: {e}"));
-        let all: [(&str, &Script); 15] = [
-            ("CONNECT", &CONNECT),
-            ("DISCONNECT", &DISCONNECT),
-            ("UPDATE", &UPDATE),
-            ("EXPIRE_CUSTOM", &EXPIRE_CUSTOM),
-            ("IDLE", &IDLE),
-            ("TOUCH", &TOUCH),
-            ("REAP", &REAP),
-            ("REASSERT", &REASSERT),
-            ("ROOMS_LEFT", &ROOMS_LEFT),
-            ("TYPING_START", &TYPING_START),
-            ("TYPING_STOP", &TYPING_STOP),
-            ("TYPING_CLEAR", &TYPING_CLEAR),
-            ("TYPING_EXPIRE", &TYPING_EXPIRE),
-            ("CLAIM", &CLAIM),
-            ("INCR", &INCR),
-        ];
-        for (name, script) in all {
-            let sha = script
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("script {name} does not compile: {e}"));
-            assert_eq!(sha, script.get_hash(), "{name}");
-        }
-    }
-}
-
 /// ARGV: P, room, message JSON, size, ttl ms, now ms, a new epoch (used when the room has
 /// none), channel. Numbers the message (`last` + 1), keeps it, publishes
 /// `{r, o, e, m}` on the channel, all at once: every instance sees the offsets in order.
@@ -565,3 +522,48 @@ return cjson.encode(out)
 "#,
     )
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every script compiles on a real Redis (`NSELF_TEST_REDIS`, else the local one): a
+    /// syntax error would otherwise only show when its transition first happens.
+    #[tokio::test]
+    async fn every_script_compiles_on_redis() {
+        let url =
+            std::env::var("NSELF_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let client = redis::Client::open(url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("a Redis must answer at {url}: {e}"));
+        let all: [(&str, &Script); 17] = [
+            ("CONNECT", &CONNECT),
+            ("DISCONNECT", &DISCONNECT),
+            ("UPDATE", &UPDATE),
+            ("EXPIRE_CUSTOM", &EXPIRE_CUSTOM),
+            ("IDLE", &IDLE),
+            ("TOUCH", &TOUCH),
+            ("REAP", &REAP),
+            ("REASSERT", &REASSERT),
+            ("ROOMS_LEFT", &ROOMS_LEFT),
+            ("TYPING_START", &TYPING_START),
+            ("TYPING_STOP", &TYPING_STOP),
+            ("TYPING_CLEAR", &TYPING_CLEAR),
+            ("TYPING_EXPIRE", &TYPING_EXPIRE),
+            ("CLAIM", &CLAIM),
+            ("INCR", &INCR),
+            ("HISTORY_PUBLISH", &HISTORY_PUBLISH),
+            ("HISTORY_RANGE", &HISTORY_RANGE),
+        ];
+        for (name, script) in all {
+            let sha = script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("script {name} does not compile: {e}"));
+            assert_eq!(sha, script.get_hash(), "{name}");
+        }
+    }
+}

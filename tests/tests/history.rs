@@ -542,3 +542,47 @@ async fn persisted_history_survives_a_restart_on_sqlite() {
     let url = format!("sqlite://{}/history.db", dir.path().display());
     history_survives_a_restart(&url).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_joins_and_messages_still_work_without_history() {
+    let mut redis = nself_realtime_tests::redis::PrivateRedis::start().await;
+    let url = redis.url();
+    let host = TestHost::start(&[
+        ("REALTIME_REDIS_URL", &url),
+        ("REALTIME_HISTORY_SIZE", "100"),
+    ])
+    .await;
+    let deadline = std::time::Instant::now() + ms(10_000);
+    while host.http_request("/health", &[]).await.json()["checks"]["redis"] != "ok" {
+        assert!(std::time::Instant::now() < deadline, "redis never ok");
+        tokio::time::sleep(ms(100)).await;
+    }
+    let mut a = host.joined("sam", "general").await;
+    let ack = a.send_message("general", "with history").await;
+    let epoch = ack["data"]["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(take(&mut a, 1).await[0]["offset"], 1);
+    redis.shutdown().await;
+    let mut b = host.client("rita").await;
+    // At the room's position nothing needs reading: recovered, without Redis.
+    let ack = join_since(&mut b, "general", json!({"offset": 1, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    // Behind it, the stream would have to be read: the join still works, not recovered.
+    let mut b = host.client("rita").await;
+    let ack = join_since(&mut b, "general", json!({"offset": 0, "epoch": epoch})).await;
+    assert_eq!(
+        ack["success"], true,
+        "the join works without history: {ack}"
+    );
+    assert_eq!(ack["data"]["recovered"], false, "{ack}");
+    let ack = a.send_message("general", "without history").await;
+    assert_eq!(ack["success"], true, "{ack}");
+    assert!(
+        ack["data"].get("offset").is_none(),
+        "no position without Redis: {ack}"
+    );
+    let m = b
+        .next_event("message:new", ms(3000))
+        .await
+        .expect("delivered anyway");
+    assert_eq!(m["content"], "without history");
+}

@@ -167,20 +167,26 @@ async fn join(
                 }
                 conn.join(&name);
             };
-            let (found, position) = app
+            match app
                 .history
                 .catch_up(&name, settings, since.as_ref(), &mut deliver)
                 .await
-                .map_err(|e| {
-                    tracing::warn!(room = %name, error = %e, "catch-up failed");
-                    EventError::unavailable(
-                        "History cannot be read right now; try again",
-                        RETRY_AFTER_MS,
-                    )
-                })?;
-            answer["position"] = json!(position);
-            if since.is_some() {
-                answer["recovered"] = json!(matches!(found, Catchup::Recovered(_)));
+            {
+                Ok((found, position)) => {
+                    answer["position"] = json!(position);
+                    if since.is_some() {
+                        answer["recovered"] = json!(matches!(found, Catchup::Recovered(_)));
+                    }
+                }
+                Err(e) => {
+                    // History cannot be read (Redis or the database is down): the join works
+                    // as in a room without history, and says nothing was recovered.
+                    tracing::warn!(room = %name, error = %e, "catch-up unavailable: joined without it");
+                    conn.join(&name);
+                    if since.is_some() {
+                        answer["recovered"] = json!(false);
+                    }
+                }
             }
         }
         None => {

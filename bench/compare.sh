@@ -352,7 +352,7 @@ def load(scen, side):
         if os.path.exists(p) and os.path.getsize(p) > 0:
             out.append(json.load(open(p)))
     return out
-side_b = "rust" if b.startswith(("policy", "scale")) else "node"
+side_b = "rust" if b.startswith(("policy", "scale", "history")) else "node"
 ra, rb = load(a, "rust"), load(b, side_b)
 def figures(r):
     if "time_to_all_back_ms" in r:

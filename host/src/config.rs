@@ -207,7 +207,8 @@ pub struct Config {
     /// `settings.history.ttl`, seconds, overrides it).
     pub history_ttl: Duration,
     /// `REALTIME_HISTORY_PERSIST` (default false): room history is also written to the
-    /// database (one instance: it survives restarts, positions continue).
+    /// database, each message before it is delivered (one instance: it survives restarts and
+    /// crashes, positions continue).
     pub history_persist: bool,
     /// `REALTIME_API_KEY`: turns the server API (`/api/...`) on; its requests need
     /// `Authorization: Bearer <key>`.

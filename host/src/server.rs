@@ -103,9 +103,7 @@ pub async fn run(
             (h, feed)
         }
         None => {
-            let persist = config
-                .history_persist
-                .then(|| (store.clone(), writer.clone()));
+            let persist = config.history_persist.then(|| store.clone());
             (
                 Arc::new(crate::history::MemoryHistory::new(fanout.clone(), persist)),
                 None,

@@ -586,3 +586,59 @@ async fn with_redis_down_joins_and_messages_still_work_without_history() {
         .expect("delivered anyway");
     assert_eq!(m["content"], "without history");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_persisted_offsets_are_not_handed_out_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = nself_realtime_tests::free_port().to_string();
+    let db = format!("sqlite://{}/crash.db", dir.path().display());
+    let plugins = dir.path().join("plugins").display().to_string();
+    let vars = [
+        ("REALTIME_HOST", "127.0.0.1"),
+        ("REALTIME_PORT", port.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("REALTIME_PLUGINS_DIR", plugins.as_str()),
+        ("REALTIME_JWT_SECRET", nself_realtime_tests::TEST_SECRET),
+        ("REALTIME_RATE_LIMIT", "0"),
+        ("REALTIME_HISTORY_SIZE", "100"),
+        ("REALTIME_HISTORY_PERSIST", "true"),
+    ];
+    let url = format!("http://127.0.0.1:{port}");
+    let connect = |user: &'static str| {
+        let url = url.clone();
+        async move {
+            let deadline = std::time::Instant::now() + ms(15_000);
+            loop {
+                match SioClient::connect(&url, Some(&nself_realtime_tests::user_token(user))).await {
+                    Ok(c) => return c,
+                    Err(e) => {
+                        assert!(std::time::Instant::now() < deadline, "server never answered: {e}");
+                        tokio::time::sleep(ms(100)).await;
+                    }
+                }
+            }
+        }
+    };
+    let mut server = nself_realtime_tests::process::spawn_server(&vars, dir.path());
+    let mut sam = connect("sam").await;
+    sam.emit_ack("room:join", json!({"roomName": "general"}), ms(5000)).await;
+    let mut epoch = String::new();
+    for i in 1..=10u64 {
+        let ack = sam.send_message("general", &format!("m{i}")).await;
+        assert_eq!(ack["data"]["offset"], i, "{ack}");
+        epoch = ack["data"]["epoch"].as_str().expect("epoch").to_string();
+    }
+    // SIGKILL right after the last acknowledgement: no clean stop, no writer drain.
+    server.kill().expect("kill");
+    let _ = server.wait();
+    drop(sam);
+    let mut server = nself_realtime_tests::process::spawn_server(&vars, dir.path());
+    let mut rita = connect("rita").await;
+    let ack = join_since(&mut rita, "general", json!({"offset": 10, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["position"], json!({"offset": 10, "epoch": epoch}), "every acknowledged message was kept: {ack}");
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    let ack = rita.send_message("general", "after the crash").await;
+    assert_eq!(ack["data"]["offset"], 11, "offset 10 is not handed out again: {ack}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use super::{Catchup, History, Page, Position, Settings, Unavailable};
 use crate::fanout::Fanout;
-use crate::store::writer::Writer;
 use crate::store::{Store, WriteOp};
 
 struct Log {
@@ -61,17 +60,17 @@ impl Log {
 pub struct MemoryHistory {
     rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Log>>>>,
     fanout: Arc<dyn Fanout>,
-    /// With `REALTIME_HISTORY_PERSIST`: messages are also written (through the group-commit
-    /// writer) and a room's history is read back the first time it is used.
-    persist: Option<(Store, Writer)>,
+    /// With `REALTIME_HISTORY_PERSIST`: each message is also written to the database before
+    /// it is delivered, and a room's history is read back the first time it is used.
+    persist: Option<Store>,
 }
 
 /// Longest wait for a room's kept history at its first use.
 const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl MemoryHistory {
-    /// Histories that deliver through `fanout`; kept in the database too with `persist`.
-    pub fn new(fanout: Arc<dyn Fanout>, persist: Option<(Store, Writer)>) -> MemoryHistory {
+    /// Histories that deliver through `fanout`; kept in the database `persist` too.
+    pub fn new(fanout: Arc<dyn Fanout>, persist: Option<Store>) -> MemoryHistory {
         MemoryHistory {
             rooms: Mutex::new(HashMap::new()),
             fanout,
@@ -94,7 +93,7 @@ impl MemoryHistory {
             .clone();
         let mut log = slot.lock_owned().await;
         if !log.loaded {
-            if let Some((store, _)) = &self.persist {
+            if let Some(store) = &self.persist {
                 let limit = i64::try_from(settings.size).unwrap_or(i64::MAX);
                 let kept = tokio::time::timeout(LOAD_WAIT, store.kept_history(room, limit))
                     .await
@@ -179,24 +178,35 @@ impl History for MemoryHistory {
         mut message: Value,
     ) -> Result<Position, Unavailable> {
         let mut log = self.log(room, settings).await?;
-        log.last += 1;
-        let position = log.position();
+        let position = Position {
+            offset: log.last + 1,
+            epoch: log.epoch.clone(),
+        };
         message["offset"] = json!(position.offset);
         message["epoch"] = json!(position.epoch);
-        log.entries
-            .push_back((position.offset, Instant::now(), message.clone()));
-        log.trim(settings);
-        if let Some((_, writer)) = &self.persist {
+        if let Some(store) = &self.persist {
+            // Written before the message is numbered for good, delivered or acknowledged: a
+            // crash right after cannot make a restarted server hand the same offset to another
+            // message (a client holding it would skip that one). Write-behind would.
             let at = chrono::Utc::now();
-            writer.write(WriteOp::MessageKept {
+            let kept = WriteOp::MessageKept {
                 room: room.to_string(),
                 epoch: position.epoch.clone(),
                 offset: position.offset,
                 message: message.clone(),
                 at,
                 expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
-            });
+            };
+            match tokio::time::timeout(LOAD_WAIT, store.apply(std::slice::from_ref(&kept))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Unavailable(e.to_string())),
+                Err(_) => return Err(Unavailable("the database did not answer in time".into())),
+            }
         }
+        log.last = position.offset;
+        log.entries
+            .push_back((position.offset, Instant::now(), message.clone()));
+        log.trim(settings);
         // Under the lock: the room's sockets get the messages in offset order.
         self.fanout.room(room, None, "message:new", &message).await;
         Ok(position)

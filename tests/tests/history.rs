@@ -609,10 +609,14 @@ async fn after_a_crash_persisted_offsets_are_not_handed_out_again() {
         async move {
             let deadline = std::time::Instant::now() + ms(15_000);
             loop {
-                match SioClient::connect(&url, Some(&nself_realtime_tests::user_token(user))).await {
+                match SioClient::connect(&url, Some(&nself_realtime_tests::user_token(user))).await
+                {
                     Ok(c) => return c,
                     Err(e) => {
-                        assert!(std::time::Instant::now() < deadline, "server never answered: {e}");
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "server never answered: {e}"
+                        );
                         tokio::time::sleep(ms(100)).await;
                     }
                 }
@@ -621,7 +625,8 @@ async fn after_a_crash_persisted_offsets_are_not_handed_out_again() {
     };
     let mut server = nself_realtime_tests::process::spawn_server(&vars, dir.path());
     let mut sam = connect("sam").await;
-    sam.emit_ack("room:join", json!({"roomName": "general"}), ms(5000)).await;
+    sam.emit_ack("room:join", json!({"roomName": "general"}), ms(5000))
+        .await;
     let mut epoch = String::new();
     for i in 1..=10u64 {
         let ack = sam.send_message("general", &format!("m{i}")).await;
@@ -635,10 +640,17 @@ async fn after_a_crash_persisted_offsets_are_not_handed_out_again() {
     let mut server = nself_realtime_tests::process::spawn_server(&vars, dir.path());
     let mut rita = connect("rita").await;
     let ack = join_since(&mut rita, "general", json!({"offset": 10, "epoch": epoch})).await;
-    assert_eq!(ack["data"]["position"], json!({"offset": 10, "epoch": epoch}), "every acknowledged message was kept: {ack}");
+    assert_eq!(
+        ack["data"]["position"],
+        json!({"offset": 10, "epoch": epoch}),
+        "every acknowledged message was kept: {ack}"
+    );
     assert_eq!(ack["data"]["recovered"], true, "{ack}");
     let ack = rita.send_message("general", "after the crash").await;
-    assert_eq!(ack["data"]["offset"], 11, "offset 10 is not handed out again: {ack}");
+    assert_eq!(
+        ack["data"]["offset"], 11,
+        "offset 10 is not handed out again: {ack}"
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

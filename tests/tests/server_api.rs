@@ -381,6 +381,18 @@ async fn listings_show_the_live_state() {
 
     let policies = api.get("/api/policies").await;
     assert_eq!(policies["enabled"], true, "{policies}");
+    for bad in [
+        "/api/connections?limit=abc",
+        "/api/connections?limit=0",
+        "/api/events?limit=-1",
+    ] {
+        let (status, body) = api.call("GET", bad, Some(KEY), None).await;
+        assert_eq!(
+            (status, body["error"]["details"]["field"].as_str()),
+            (400, Some("limit")),
+            "{bad}: {body}"
+        );
+    }
     let (status, body) = api.call("GET", "/api/nope", Some(KEY), None).await;
     assert_eq!((status, body["success"].as_bool()), (404, Some(false)));
 }

@@ -512,7 +512,18 @@ async fn presence(
 struct ConnectionParams {
     user_id: Option<String>,
     room: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
+}
+
+/// A `limit` query parameter: absent, or a positive integer (else `VALIDATION_ERROR`).
+fn limit_param(given: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n.min(max)),
+            _ => Err(EventError::validation("limit", "must be a positive integer").into()),
+        },
+    }
 }
 
 /// `GET /api/connections[?userId=U][&room=R][&limit=N]`: live sockets on every instance.
@@ -520,7 +531,7 @@ async fn connections(
     State(app): State<Arc<App>>,
     UrlQuery(params): UrlQuery<ConnectionParams>,
 ) -> ApiResult {
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let limit = limit_param(params.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let query = Query::Sockets {
         room: params.room.filter(|r| !r.is_empty()),
         user: params.user_id.filter(|u| !u.is_empty()),
@@ -565,12 +576,12 @@ async fn policies(State(app): State<Arc<App>>) -> ApiResult {
 
 #[derive(Deserialize)]
 struct EventParams {
-    limit: Option<i64>,
+    limit: Option<String>,
 }
 
 /// `GET /api/events[?limit=N]`: the newest audit rows (at most 500).
 async fn events(State(app): State<Arc<App>>, UrlQuery(params): UrlQuery<EventParams>) -> ApiResult {
-    let limit = params.limit.unwrap_or(50).clamp(1, 500);
+    let limit = limit_param(params.limit.as_deref(), 50, 500)? as i64;
     match tokio::time::timeout(Duration::from_secs(2), app.store.events(limit)).await {
         Ok(Ok(rows)) => ok(json!({ "events": rows })),
         _ => Err(EventError::unavailable(

@@ -86,7 +86,15 @@ async fn nodes_and_disconnect_through_the_api() {
     );
     assert!(alice.wait_disconnect(ms(3000)).await.is_some());
 
+    // Socket ids may start with '-' (base64url): taken as the value, not as an option.
     let sid = bob.sid().to_string();
+    let out = cli(&host, KEY, &["disconnect", "--socket", "-Qnot-a-socket"]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("socket -Qnot-a-socket: 0 socket(s)"),
+        "{stdout}"
+    );
     let out = cli(&host, KEY, &["disconnect", "--socket", &sid, "--json"]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");

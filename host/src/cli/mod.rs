@@ -79,10 +79,10 @@ pub enum Command {
     #[command(group(clap::ArgGroup::new("target").required(true).args(["user", "socket"])))]
     Disconnect {
         /// Every socket of this user.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         user: Option<String>,
-        /// This socket.
-        #[arg(long)]
+        /// This socket (socket ids may start with `-`).
+        #[arg(long, allow_hyphen_values = true)]
         socket: Option<String>,
         /// Machine-readable output.
         #[arg(long)]

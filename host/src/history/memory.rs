@@ -129,11 +129,8 @@ pub(super) fn after(
     current: &Position,
     since: &Position,
 ) -> Catchup {
-    if since.epoch != current.epoch || since.offset > current.offset {
-        return Catchup::Lost;
-    }
-    if since.offset == current.offset {
-        return Catchup::Recovered(Vec::new());
+    if let Some(decided) = super::settled(current, since) {
+        return decided;
     }
     // The first missed message must still be kept.
     match oldest {

@@ -79,6 +79,16 @@ pub enum Catchup {
     NotAsked,
 }
 
+/// What a catch-up from `since` is, when the room's position alone decides it: lost (another
+/// epoch, or a position ahead of the room) or nothing missed; None when the kept messages
+/// must be read.
+pub(crate) fn settled(current: &Position, since: &Position) -> Option<Catchup> {
+    if since.epoch != current.epoch || since.offset > current.offset {
+        return Some(Catchup::Lost);
+    }
+    (since.offset == current.offset).then(|| Catchup::Recovered(Vec::new()))
+}
+
 /// A page of history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {

@@ -324,21 +324,22 @@ impl History for RedisHistory {
         };
         let found = match since {
             None => Catchup::NotAsked,
-            Some(s) if s.epoch != state.epoch || s.offset > state.last => Catchup::Lost,
-            Some(s) if s.offset == state.last => Catchup::Recovered(Vec::new()),
-            Some(s) => {
-                let first = format!("{}-1", s.offset + 1);
-                let last = format!("{}-1", state.last);
-                let want = (state.last - s.offset) as usize;
-                let (_, list) = self
-                    .range(room, &first, &last, settings, want, false)
-                    .await?;
-                if list.first().map(|(o, _)| *o) == Some(s.offset + 1) && list.len() == want {
-                    Catchup::Recovered(list.into_iter().map(|(_, m)| m).collect())
-                } else {
-                    Catchup::Lost
+            Some(s) => match super::settled(&current, s) {
+                Some(decided) => decided,
+                None => {
+                    let first = format!("{}-1", s.offset + 1);
+                    let last = format!("{}-1", state.last);
+                    let want = (state.last - s.offset) as usize;
+                    let (_, list) = self
+                        .range(room, &first, &last, settings, want, false)
+                        .await?;
+                    if list.first().map(|(o, _)| *o) == Some(s.offset + 1) && list.len() == want {
+                        Catchup::Recovered(list.into_iter().map(|(_, m)| m).collect())
+                    } else {
+                        Catchup::Lost
+                    }
                 }
-            }
+            },
         };
         deliver(&found);
         Ok((found, current))

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: nself-realtime against the Node.js Socket.IO reference, in the same
-# run, alternating, under the same generator (realtime-bench) and the same CPU pinning.
+# Side-by-side benchmark: nself-realtime against the Node.js Socket.IO reference and against
+# the floor of its transport (socketioxide alone, speaking the same hot path, in memory), in the
+# same run, alternating, under the same generator (realtime-bench) and the same CPU pinning.
 #
-#   NODE_REFERENCE_DIR=/path/to/node-reference bench/compare.sh [SCENARIO...]
+#   NODE_REFERENCE_DIR=/path/to/node-reference BARE_SOCKETIOXIDE_DIR=/path/to/bare-socketioxide \
+#     bench/compare.sh [SCENARIO...]
+#
+# The floor runs in every scenario it can serve (connections, fanout, fanout-max, typing, join,
+# storm, herd; not presence or multi, which it does not speak); tables then show nself-realtime,
+# the floor and Node.js side by side with the ratio to each, and the targets against the floor
+# (CPU per delivery at equal rate <= 1.10x, highest rate held >= 0.90x, RSS per connection
+# <= 1.00x, time until all joined <= 1.50x) as met or missed.
 #
 # Scenarios (default: connections fanout-max):
 #   connections  CLIENTS idle clients (RSS per connection, slope, connect rate, pings)
@@ -35,13 +43,18 @@
 # Environment (defaults in brackets):
 #   NODE_REFERENCE_DIR  the reference server (server.js, package.json); required; copied to
 #                       the scratch directory before `npm install`
+#   BARE_SOCKETIOXIDE_DIR  the floor's source (Cargo.toml, src/main.rs); copied next to the
+#                       build cache and built there in release; BARE_BIN: a prebuilt one. With
+#                       neither, the floor's column says n/a
 #   ROUNDS [2]          rounds; each round runs both servers, the order alternating
 #   SERVER_CPUS [1]     taskset CPU list of the servers;  GEN_CPUS [0]: of the generator
 #   CLIENTS [10000]     connections;  CHECKPOINTS [1000,5000,10000];  HOLD [30] seconds
+#   CONN_ROOMS [20]     rooms the idle clients of `connections` join (0: bare connections)
 #   SOURCE_IPS [4]      loopback source addresses of the generator
 #   ROOMS [20] ROOM_SIZE [100] SENDERS [400] PAYLOAD [64]: fan-out shape
 #   RATE [200]          fan-out messages/s (fixed-rate run, and where --find-max starts)
-#   FIXED_RATE          fanout-max: rate of the latency run (default: the reference's maximum)
+#   FIXED_RATE          fanout-max: rate of the equal-rate run (default: the lowest highest rate
+#                       held of all sides)
 #   DURATION [10]       seconds per measured step;  STEP_FACTOR [1.25] of --find-max
 #   STORM_RATE [2000]   events/s of the typing/presence/join storms
 #   STORM_CLIENTS ["5000"]  clients of the join storm and the herd (a list runs each size)
@@ -72,6 +85,7 @@ SERVER_CPUS="${SERVER_CPUS:-1}"
 GEN_CPUS="${GEN_CPUS:-0}"
 CLIENTS="${CLIENTS:-10000}"
 CHECKPOINTS="${CHECKPOINTS:-1000,5000,10000}"
+CONN_ROOMS="${CONN_ROOMS:-20}"
 HOLD="${HOLD:-30}"
 SOURCE_IPS="${SOURCE_IPS:-4}"
 ROOMS="${ROOMS:-20}"
@@ -124,6 +138,25 @@ fi
 for bin in "$server_bin" "$bench_bin"; do
   [ -x "$bin" ] || die "missing $bin"
 done
+
+# The floor: built from a copy beside the build cache (a stable path, so rebuilds are
+# incremental), never inside the source folder.
+bare_bin="${BARE_BIN:-}"
+if [ -z "$bare_bin" ] && [ -n "${BARE_SOCKETIOXIDE_DIR:-}" ]; then
+  [ -f "$BARE_SOCKETIOXIDE_DIR/Cargo.toml" ] ||
+    die "BARE_SOCKETIOXIDE_DIR=$BARE_SOCKETIOXIDE_DIR has no Cargo.toml"
+  echo "== bare socketioxide (the floor): copy and release build"
+  bare_src="$target_dir/bare-socketioxide-src"
+  mkdir -p "$bare_src"
+  (cd "$BARE_SOCKETIOXIDE_DIR" && tar --exclude=target --exclude=Cargo.lock -cf - .) | (cd "$bare_src" && tar -xf -)
+  cargo build --release -q --manifest-path "$bare_src/Cargo.toml" --target-dir "$target_dir/bare-socketioxide"
+  bare_bin="$target_dir/bare-socketioxide/release/bare-socketioxide"
+fi
+if [ -n "$bare_bin" ]; then
+  [ -x "$bare_bin" ] || die "missing $bare_bin"
+else
+  echo "== no floor: set BARE_SOCKETIOXIDE_DIR (or BARE_BIN) to run bare socketioxide beside" >&2
+fi
 
 wait_http() { # wait_http URL PID
   for _ in $(seq 1 300); do
@@ -187,6 +220,17 @@ start_node() {
     die "the Node.js reference did not start on $port (log: $scratch/node-$port.log)"
 }
 
+# start_bare PORT -> sets $server_pid
+start_bare() {
+  local port="$1"
+  (exec env PORT="$port" HOST=127.0.0.1 taskset -c "$SERVER_CPUS" "$bare_bin") \
+    >"$scratch/bare-$port.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  wait_http "http://127.0.0.1:$port/health" "$server_pid" ||
+    die "bare socketioxide did not start on $port (log: $scratch/bare-$port.log)"
+}
+
 bench() { # bench OUT_JSON ARGS... (runs the generator pinned, JSON to OUT_JSON)
   local out="$1"
   shift
@@ -203,6 +247,7 @@ run_one() {
   local scenario="$1" side="$2" round="$3" out="$scratch/results/$1-$2-$3.json"
   local port=3301 url
   [ "$side" = node ] && port=3401
+  [ "$side" = bare ] && port=3501
   url="http://127.0.0.1:$port"
   local -a pidsargs=()
   case "$side:$scenario" in
@@ -235,13 +280,14 @@ run_one() {
       start_rust "$port" "$scratch/no-plugins" "$REDIS_URL" ;;
     rust:*) start_rust "$port" "$scratch/no-plugins" ;;
     node:*) start_node "$port" ;;
+    bare:*) start_bare "$port" ;;
   esac
   echo "-- $scenario / $side / round $round (server pid $server_pid)" >&2
   local -a common=(--url "$url" "${pidsargs[@]}")
   case "$scenario" in
     connections)
       bench "$out" connections "${common[@]}" --clients "$CLIENTS" --checkpoints "$CHECKPOINTS" \
-        --hold "$HOLD" --source-ips "$SOURCE_IPS" ;;
+        --hold "$HOLD" --source-ips "$SOURCE_IPS" --rooms "$CONN_ROOMS" ;;
     fanout | fanout-fixed)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
     fanout-max | policy-none | policy-examples | multi | scale-one | scale-two | history-*)
@@ -295,6 +341,7 @@ herd() {
   case "$side" in
     rust) start_rust "$port" "$scratch/no-plugins" "" "$server_dir" ;;
     node) start_node "$port" ;;
+    bare) start_bare "$port" ;;
   esac
   wait "$gen" || echo "   (generator failed; see above)" >&2
 }
@@ -326,25 +373,33 @@ else:
 EOF
 }
 
-# run_pair SCENARIO_RUST SCENARIO_NODE LABEL: ROUNDS rounds, alternating the order.
+# run_pair SCENARIO_RUST SCENARIO_NODE LABEL [nofloor]: ROUNDS rounds of nself-realtime, the
+# floor (when built and not `nofloor`) and Node.js, the order reversed every other round.
 run_pair() {
-  local a="$1" b="$2" label="$3" round
+  local a="$1" b="$2" label="$3" round side floor=""
+  [ -n "$bare_bin" ] && [ "${4:-}" != nofloor ] && floor="$a"
+  local -a sides=(rust)
+  [ -n "$floor" ] && sides+=(bare)
+  sides+=(node)
   for ((round = 1; round <= ROUNDS; round++)); do
-    if ((round % 2 == 1)); then
-      run_one "$a" rust "$round"
-      run_one "$b" node "$round"
-    else
-      run_one "$b" node "$round"
-      run_one "$a" rust "$round"
-    fi
+    local -a order=()
+    for side in "${sides[@]}"; do
+      if ((round % 2 == 1)); then order+=("$side"); else order=("$side" "${order[@]}"); fi
+    done
+    for side in "${order[@]}"; do
+      case "$side" in
+        node) run_one "$b" node "$round" ;;
+        *) run_one "$a" "$side" "$round" ;;
+      esac
+    done
   done
-  table "$label" "$a" "$b"
+  table "$label" "$a" "$b" "$floor"
 }
 
-table() { # table LABEL SCENARIO_A SCENARIO_B (A: nself-realtime side, B: the other column)
-  python3 - "$scratch/results" "$1" "$2" "$3" "$ROUNDS" <<'EOF'
+table() { # table LABEL SCENARIO_A SCENARIO_B [SCENARIO_FLOOR] (A: nself-realtime side, B: the other column)
+  python3 - "$scratch/results" "$1" "$2" "$3" "$ROUNDS" "${4:-}" <<'EOF'
 import json, os, statistics, sys
-d, label, a, b, rounds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+d, label, a, b, rounds, c = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6]
 def load(scen, side):
     out = []
     for i in range(1, rounds + 1):
@@ -354,6 +409,7 @@ def load(scen, side):
     return out
 side_b = "rust" if b.startswith(("policy", "scale", "history")) else "node"
 ra, rb = load(a, "rust"), load(b, side_b)
+rc = load(c, "bare") if c else []
 def figures(r):
     if "time_to_all_back_ms" in r:
         return {
@@ -409,6 +465,12 @@ def figures(r):
         "server CPU %": s["server"]["cpu_pct"],
         "server RSS MiB": s["server"]["rss_kib"] / 1024, "generator CPU %": s["generator"]["cpu_pct"],
     })
+    # CPU per delivery (per event received in the storms), split as the kernel accounts it.
+    per = s["delivered_per_s"]
+    if per > 0 and "user_pct" in s["server"]:
+        f["server CPU us/delivery"] = s["server"]["cpu_pct"] / 100 * 1e6 / per
+        f["of which user us"] = s["server"]["user_pct"] / 100 * 1e6 / per
+        f["of which kernel us"] = s["server"]["sys_pct"] / 100 * 1e6 / per
     return f
 def median(rs):
     fs = [figures(r) for r in rs]
@@ -418,6 +480,7 @@ def median(rs):
     return {k: statistics.median([f[k] for f in fs if k in f]) for k in keys}, keys
 ma, ka = median(ra) if ra else ({}, [])
 mb, kb = median(rb) if rb else ({}, [])
+mc, kc = median(rc) if rc else ({}, [])
 names = ("nself (examples)", "nself (none)") if b.startswith("policy") else ("nself-realtime", "Node.js")
 if a == "policy-examples":
     names = ("with modules", "no modules")
@@ -425,14 +488,45 @@ if a == "scale-two":
     names = ("two instances + Redis", "one instance")
 if a.startswith("history"):
     names = ("history on", "history off")
-print(f"\n### {label} (median of {len(ra)}/{len(rb)} runs)\n")
-print(f"| figure | {names[0]} | {names[1]} | ratio |")
-print("|---|---:|---:|---:|")
-for k in ka + [k for k in kb if k not in ka]:
-    x, y = ma.get(k), mb.get(k)
-    fmt = lambda v: "n/a" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
-    ratio = f"{x / y:.2f}" if x is not None and y not in (None, 0) else "n/a"
-    print(f"| {k} | {fmt(x)} | {fmt(y)} | {ratio} |")
+fmt = lambda v: "n/a" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
+ratio = lambda x, y: f"{x / y:.2f}" if x is not None and y not in (None, 0) else "n/a"
+keys = ka + [k for k in kb + kc if k not in ka]
+if not c:
+    print(f"\n### {label} (median of {len(ra)}/{len(rb)} runs)\n")
+    print(f"| figure | {names[0]} | {names[1]} | ratio |")
+    print("|---|---:|---:|---:|")
+    for k in keys:
+        x, y = ma.get(k), mb.get(k)
+        print(f"| {k} | {fmt(x)} | {fmt(y)} | {ratio(x, y)} |")
+    sys.exit(0)
+print(f"\n### {label} (median of {len(ra)}/{len(rc)}/{len(rb)} runs)\n")
+print("| figure | nself-realtime | floor (bare socketioxide) | Node.js | vs floor | vs Node.js |")
+print("|---|---:|---:|---:|---:|---:|")
+for k in keys:
+    x, z, y = ma.get(k), mc.get(k), mb.get(k)
+    print(f"| {k} | {fmt(x)} | {fmt(z)} | {fmt(y)} | {ratio(x, z)} | {ratio(x, y)} |")
+# Targets against the floor (issue: benchmarks against the transport's floor).
+targets = [
+    ("server CPU us/delivery", "<=", 1.10, "CPU per delivery at equal rate"),
+    ("highest rate held msg/s", ">=", 0.90, "highest fan-out rate held"),
+    ("time until all joined ms", "<=", 1.50, "join storm: time until all joined"),
+]
+last_conn = [k for k in keys if k.startswith("KiB per conn at")]
+if last_conn:
+    targets.append((last_conn[-1], "<=", 1.00, "RSS per idle connection"))
+lines = []
+for k, op, limit, what in targets:
+    x, z = ma.get(k), mc.get(k)
+    if x is None or not z:
+        continue
+    if k == "server CPU us/delivery" and ma.get("highest rate held msg/s") is not None:
+        continue  # a find-max run's CPU is at different rates: only equal-rate runs count
+    r = x / z
+    met = r <= limit if op == "<=" else r >= limit
+    lines.append(f"- {what}: {r:.2f}x the floor (target {op} {limit:.2f}x): {'met' if met else 'MISSED'}")
+if lines:
+    print("\nAgainst the floor:\n")
+    print("\n".join(lines))
 EOF
 }
 
@@ -444,14 +538,15 @@ for scenario in "${scenarios[@]}"; do
     fanout-max)
       run_pair fanout-max fanout-max "fanout --find-max: $ROOMS rooms of $ROOM_SIZE, $PAYLOAD-byte messages"
       if [ -z "${FIXED_RATE:-}" ]; then
-        FIXED_RATE="$(for f in "$scratch"/results/fanout-max-node-*.json; do
+        FIXED_RATE="$(for f in "$scratch"/results/fanout-max-*.json; do
           jq -r '.max_held.rate // empty' "$f" 2>/dev/null; done | sort -g | head -1)"
       fi
       if [ -n "$FIXED_RATE" ]; then
         rm -f "$scratch"/results/fanout-fixed-*.json
-        FIXED="$FIXED_RATE" run_pair fanout-fixed fanout-fixed "latency at the reference's highest sustained rate ($FIXED_RATE msg/s)"
+        FIXED="$FIXED_RATE" run_pair fanout-fixed fanout-fixed "equal rate: every side at the lowest highest rate held ($FIXED_RATE msg/s)"
       fi ;;
-    typing | presence | join) run_pair "$scenario" "$scenario" "$scenario storm: $STORM_RATE events/s" ;;
+    typing | join) run_pair "$scenario" "$scenario" "$scenario storm: $STORM_RATE events/s" ;;
+    presence) run_pair presence presence "presence storm: $STORM_RATE events/s" nofloor ;;
     policy)
       for m in sanitizer profanity room-policy rate-limiter; do
         [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
@@ -461,7 +556,7 @@ for scenario in "${scenarios[@]}"; do
         run_one policy-examples rust "$round"
       done
       table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
-    multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" ;;
+    multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" nofloor ;;
     history)
       for ((round = 1; round <= ROUNDS; round++)); do
         run_one history-off rust "$round"

@@ -44,6 +44,13 @@ pub struct ConnOpts {
     /// Stop connecting after this many failed connects.
     #[arg(long, default_value_t = 100)]
     pub max_failures: u64,
+    /// Rooms the clients join, one each, round-robin (`<room-prefix><i % rooms>`); 0: none,
+    /// bare connections.
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
+    /// Prefix of the room names.
+    #[arg(long, default_value = "bench-")]
+    pub room_prefix: String,
 }
 
 impl ConnOpts {
@@ -58,6 +65,8 @@ impl ConnOpts {
             ping_timeout: 10,
             project_to: 100_000,
             max_failures: 100,
+            rooms: 0,
+            room_prefix: "bench-".into(),
         }
     }
 }
@@ -86,6 +95,8 @@ pub struct ConnReport {
     pub nofile_limit: u64,
     /// Clients asked for.
     pub requested: usize,
+    /// Rooms joined (0: bare connections).
+    pub rooms: usize,
     /// Clients connected.
     pub connected: u64,
     /// Failed connects, and the first error.
@@ -171,8 +182,9 @@ pub async fn run(opts: &ConnOpts) -> anyhow::Result<ConnReport> {
                 round_rx.clone(),
             );
             let i = next;
+            let room = (opts.rooms > 0).then(|| format!("{}{}", opts.room_prefix, i % opts.rooms));
             tasks.push(tokio::spawn(async move {
-                idle_client(i, client, targets, gate, shared, rx).await
+                idle_client(i, client, targets, room, gate, shared, rx).await
             }));
             next += 1;
         }
@@ -247,6 +259,7 @@ pub async fn run(opts: &ConnOpts) -> anyhow::Result<ConnReport> {
         server_pid,
         nofile_limit,
         requested: opts.clients,
+        rooms: opts.rooms,
         connected,
         failures: shared.failed.load(Ordering::Relaxed),
         first_error: shared.first_error.lock().expect("lock").clone(),
@@ -276,13 +289,30 @@ async fn idle_client(
     i: usize,
     client: ClientOpts,
     targets: Vec<crate::ws::Target>,
+    room: Option<String>,
     gate: Arc<Semaphore>,
     shared: Arc<Shared>,
     mut round: watch::Receiver<u32>,
 ) {
     let conn = {
         let _permit = gate.acquire().await;
-        common::connect(&client, &targets, i).await
+        match common::connect(&client, &targets, i).await {
+            Ok(mut conn) => match &room {
+                // Joined before it counts as connected: the RSS read at a checkpoint includes
+                // the room memberships.
+                Some(room) => {
+                    let payload = format!("{{\"roomName\":\"{room}\"}}");
+                    let timeout = Duration::from_secs(client.connect_timeout);
+                    match common::emit_ack(&mut conn, 1, "room:join", &payload, timeout).await {
+                        Ok(ack) if ack.contains("\"success\":true") => Ok(conn),
+                        Ok(ack) => Err(anyhow::anyhow!("room:join {room}: {ack}")),
+                        Err(e) => Err(anyhow::anyhow!("room:join {room}: {e:#}")),
+                    }
+                }
+                None => Ok(conn),
+            },
+            Err(e) => Err(e),
+        }
     };
     let mut conn = match conn {
         Ok(c) => c,

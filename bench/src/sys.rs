@@ -15,15 +15,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// User + system CPU time of `pid` in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
+/// User and system CPU time of `pid` in clock ticks.
+pub fn cpu_times(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &s[s.rfind(')')? + 1..];
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields after the command: state(3) ... utime(14) stime(15); index = field - 3.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// The first figure of `/proc/loadavg` and the whole line.
@@ -89,6 +89,10 @@ pub fn raise_nofile() -> u64 {
 pub struct ProcUsage {
     /// CPU time / wall time, in % of one core.
     pub cpu_pct: f64,
+    /// Of which in user space.
+    pub user_pct: f64,
+    /// Of which in the kernel.
+    pub sys_pct: f64,
     /// RSS at the end of the window, KiB.
     pub rss_kib: u64,
 }
@@ -96,7 +100,7 @@ pub struct ProcUsage {
 /// Samples a process's CPU time at the start of a window.
 pub struct CpuWindow {
     pid: Option<u32>,
-    ticks: u64,
+    ticks: (u64, u64),
     at: Instant,
 }
 
@@ -105,7 +109,7 @@ impl CpuWindow {
     pub fn start(pid: Option<u32>) -> CpuWindow {
         CpuWindow {
             pid,
-            ticks: pid.and_then(cpu_ticks).unwrap_or(0),
+            ticks: pid.and_then(cpu_times).unwrap_or((0, 0)),
             at: Instant::now(),
         }
     }
@@ -116,9 +120,14 @@ impl CpuWindow {
             return ProcUsage::default();
         };
         let secs = self.at.elapsed().as_secs_f64().max(1e-3);
-        let ticks = cpu_ticks(pid).unwrap_or(self.ticks);
+        let (user, sys) = cpu_times(pid).unwrap_or(self.ticks);
+        let pct = |now: u64, then: u64| (now.saturating_sub(then) as f64 / USER_HZ) / secs * 100.0;
+        let user_pct = pct(user, self.ticks.0);
+        let sys_pct = pct(sys, self.ticks.1);
         ProcUsage {
-            cpu_pct: (ticks.saturating_sub(self.ticks) as f64 / USER_HZ) / secs * 100.0,
+            cpu_pct: user_pct + sys_pct,
+            user_pct,
+            sys_pct,
             rss_kib: rss_kib(pid).unwrap_or(0),
         }
     }
@@ -132,7 +141,7 @@ mod tests {
     fn reads_its_own_figures() {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
-        assert!(cpu_ticks(me).is_some());
+        assert!(cpu_times(me).is_some());
         assert!(!loadavg().is_empty());
     }
 

@@ -92,12 +92,14 @@ pub async fn run(
     let mut sio = transport::Sio::build(&config, cluster.as_ref());
     let fanout = sio.fanout(&node_id);
     let shared = Shared::new(&config, cluster.as_ref());
-    // Room history: in Redis when scaled out (delivered by each instance from its channel).
+    // Room history: in Redis when scaled out (delivered by each instance from its channel),
+    // written to the database too with REALTIME_HISTORY_PERSIST.
     let (history, history_feed): (Arc<dyn crate::history::History>, _) = match &cluster {
         Some(c) => {
             let h = Arc::new(crate::history::RedisHistory::new(
                 c.redis().clone(),
                 fanout.clone(),
+                config.history_persist.then(|| store.clone()),
             ));
             let feed = h.subscribe(&c.driver()).await.map(|s| (h.clone(), s));
             (h, feed)

@@ -86,6 +86,110 @@ async fn a_cut_client_recovers_exactly_the_missed_messages() {
     assert_eq!(got[50]["content"], "live");
 }
 
+/// A TCP relay to `upstream` that can go silent: after `cut`, it forwards nothing more in
+/// either direction and closes nothing (a phone that lost its network).
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Blackhole {
+    async fn start(upstream: std::net::SocketAddr) -> Blackhole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(Self::pipe(dr, uw, flag.clone()));
+                tokio::spawn(Self::pipe(ur, dw, flag.clone()));
+            }
+        });
+        Blackhole { addr, cut }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                // Silent: both ends stay open, nothing more is read or written.
+                let _held = (from, to);
+                std::future::pending::<()>().await;
+                return;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_network_went_silent_recovers_on_a_new_connection() {
+    let host = TestHost::start(&[
+        ("REALTIME_HISTORY_SIZE", "200"),
+        ("REALTIME_EVENT_RATE", "10000"),
+    ])
+    .await;
+    let relay = Blackhole::start(host.addr).await;
+    let mut sender = host.joined("sam", "general").await;
+    let mut phone = SioClient::connect(
+        &format!("http://{}", relay.addr),
+        Some(&nself_realtime_tests::user_token("rita")),
+    )
+    .await
+    .expect("connect through the relay");
+    let ack = phone
+        .emit_ack("room:join", json!({"roomName": "general"}), ms(5000))
+        .await;
+    assert_eq!(ack["success"], true, "{ack}");
+    for i in 0..3 {
+        sender.send_message("general", &format!("before {i}")).await;
+    }
+    let seen = take(&mut phone, 3).await;
+    assert_eq!(offsets(&seen), vec![1, 2, 3]);
+    let epoch = seen[2]["epoch"].as_str().expect("epoch").to_string();
+    // The network goes silent: no close, no FIN; the server still counts the socket as
+    // connected and goes on writing to it (its ping timeout is far away).
+    relay.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in 0..50 {
+        sender.send_message("general", &format!("missed {i}")).await;
+    }
+    assert!(
+        phone.collect("message:new", ms(300)).await.is_empty(),
+        "the relay is silent"
+    );
+    // The phone comes back on another network: a new connection, while the old socket is
+    // still there on the server.
+    let mut back = host.client("rita").await;
+    let ack = join_since(&mut back, "general", json!({"offset": 3, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    sender.send_message("general", "live").await;
+    let got = take(&mut back, 51).await;
+    assert_eq!(
+        offsets(&got),
+        (4..=54).collect::<Vec<u64>>(),
+        "exactly the missed ones, in order, then live"
+    );
+    assert_eq!(got[50]["content"], "live");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_gap_and_no_duplicate_at_the_seam_while_messages_keep_coming() {
     let host = TestHost::start(&[
@@ -304,7 +408,17 @@ async fn two_instances(
 ) -> (Vec<TestHost>, SharedRedis, tempfile::TempDir) {
     let redis = SharedRedis::new(tag);
     let db = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}/cluster.db", db.path().display());
+    let sqlite = format!("sqlite://{}/cluster.db", db.path().display());
+    // A DATABASE_URL among `vars` replaces the SQLite file.
+    let url = vars
+        .iter()
+        .find(|(k, _)| *k == "DATABASE_URL")
+        .map_or(sqlite, |(_, v)| v.to_string());
+    let vars: Vec<(&str, &str)> = vars
+        .iter()
+        .filter(|(k, _)| *k != "DATABASE_URL")
+        .copied()
+        .collect();
     let mut hosts = Vec::new();
     for i in 0..2 {
         let node = format!("{}-{i}", redis.prefix);
@@ -315,7 +429,7 @@ async fn two_instances(
             ("DATABASE_URL", &url),
             ("REALTIME_EVENT_RATE", "10000"),
         ];
-        all.extend_from_slice(vars);
+        all.extend_from_slice(&vars);
         hosts.push(TestHost::start(&all).await);
     }
     for h in &hosts {
@@ -383,17 +497,7 @@ async fn a_client_recovers_on_the_other_instance() {
 
     // History lost (Redis restarted without persistence: its keys are gone): a new epoch, and
     // the old position is not recovered.
-    let pattern = format!("{}:hist:*", redis.prefix);
-    if let Ok(redis::Value::Array(keys)) =
-        nself_realtime_tests::redis::command(&redis.url, &["KEYS", &pattern]).await
-    {
-        for k in keys {
-            if let redis::Value::BulkString(k) = k {
-                let k = String::from_utf8_lossy(&k).into_owned();
-                let _ = nself_realtime_tests::redis::command(&redis.url, &["DEL", &k]).await;
-            }
-        }
-    }
+    forget_history(&redis).await;
     let ack = sender.send_message("general", "after the loss").await;
     assert_ne!(ack["data"]["epoch"], epoch.as_str(), "{ack}");
     assert_eq!(ack["data"]["offset"], 1, "{ack}");
@@ -408,6 +512,128 @@ async fn a_client_recovers_on_the_other_instance() {
     let mut late = hosts[1].client("lena").await;
     let ack = join_since(&mut late, "general", json!({"offset": 56, "epoch": epoch})).await;
     assert_eq!(ack["data"]["recovered"], false, "{ack}");
+    drop(hosts);
+    redis.cleanup().await;
+}
+
+/// What a Redis restart without persistence does to history: its keys are gone.
+async fn forget_history(redis: &SharedRedis) {
+    let pattern = format!("{}:hist:*", redis.prefix);
+    let keys = match nself_realtime_tests::redis::command(&redis.url, &["KEYS", &pattern]).await {
+        Ok(redis::Value::Array(keys)) => keys,
+        other => panic!("KEYS {pattern}: {other:?}"),
+    };
+    assert!(!keys.is_empty(), "no history keys under {pattern}");
+    for k in keys {
+        if let redis::Value::BulkString(k) = k {
+            let k = String::from_utf8_lossy(&k).into_owned();
+            nself_realtime_tests::redis::command(&redis.url, &["DEL", &k])
+                .await
+                .unwrap_or_else(|e| panic!("DEL {k}: {e}"));
+        }
+    }
+}
+
+/// Two instances over Redis with history persisted in PostgreSQL: Redis loses the history
+/// (restart without persistence); the room is seeded from the database. Offsets continue in a
+/// new epoch that continues the old one: positions up to the database's last message are
+/// recovered on either instance; a position before a message the database never got (a crash
+/// between delivery and the write), or past its last one, is not, since that offset goes to
+/// another message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_history_is_seeded_back_after_redis_lost_it() {
+    let db = nself_realtime_tests::pg::FreshDb::create().await;
+    let (hosts, redis, _dir) = two_instances(
+        "histseed",
+        &[
+            ("DATABASE_URL", &db.url),
+            ("REALTIME_HISTORY_SIZE", "100"),
+            ("REALTIME_HISTORY_PERSIST", "true"),
+        ],
+    )
+    .await;
+    let mut sender = hosts[0].joined("sam", "general").await;
+    let mut watcher = hosts[1].joined("walt", "general").await;
+    let mut epoch = String::new();
+    for i in 1..=10u64 {
+        let ack = sender.send_message("general", &format!("m{i}")).await;
+        assert_eq!(ack["data"]["offset"], i, "{ack}");
+        epoch = ack["data"]["epoch"].as_str().expect("epoch").to_string();
+    }
+    assert_eq!(
+        offsets(&take(&mut watcher, 10).await),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    // Every acknowledged message is in the database.
+    let mut c = db.connect().await;
+    let stored: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT msg_offset, epoch FROM realtime_messages WHERE room_name = 'general'          ORDER BY msg_offset",
+    )
+    .fetch_all(&mut c)
+    .await
+    .expect("read realtime_messages");
+    assert_eq!(
+        stored,
+        (1..=10).map(|o| (o, epoch.clone())).collect::<Vec<_>>()
+    );
+    // Offsets 5 and 10 never reached the database; then Redis loses the history.
+    sqlx::query("DELETE FROM realtime_messages WHERE msg_offset IN (5, 10)")
+        .execute(&mut c)
+        .await
+        .expect("delete");
+    forget_history(&redis).await;
+
+    // From 7: 8 and 9 come back from the database, in the new epoch.
+    let mut rita = hosts[1].client("rita").await;
+    let ack = join_since(&mut rita, "general", json!({"offset": 7, "epoch": epoch})).await;
+    assert_eq!(ack["data"]["recovered"], true, "{ack}");
+    let new_epoch = ack["data"]["position"]["epoch"]
+        .as_str()
+        .expect("position")
+        .to_string();
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(ack["data"]["position"]["offset"], 9, "{ack}");
+    let missed = take(&mut rita, 2).await;
+    assert_eq!(offsets(&missed), vec![8, 9]);
+    assert_eq!(
+        (missed[1]["content"].as_str(), missed[1]["epoch"].as_str()),
+        (Some("m9"), Some(new_epoch.as_str()))
+    );
+    // From 4 (5 is not in the database) or from 10 (past its last message): not recovered,
+    // nothing replayed.
+    for (name, from) in [("lena", 4), ("liz", 10)] {
+        let mut c = hosts[0].client(name).await;
+        let ack = join_since(&mut c, "general", json!({"offset": from, "epoch": epoch})).await;
+        assert_eq!(ack["data"]["recovered"], false, "from {from}: {ack}");
+        c.sync().await;
+        assert!(c.collect("message:new", ms(0)).await.is_empty());
+    }
+
+    // Offsets continue after the database's last message, delivered once on both instances.
+    let ack = sender.send_message("general", "after the loss").await;
+    assert_eq!(
+        (
+            ack["data"]["offset"].as_u64(),
+            ack["data"]["epoch"].as_str()
+        ),
+        (Some(10), Some(new_epoch.as_str())),
+        "{ack}"
+    );
+    for c in [&mut rita, &mut watcher] {
+        let got = take(c, 1).await;
+        assert_eq!(offsets(&got), vec![10], "{got:?}");
+        assert_eq!(got[0]["content"], "after the loss");
+    }
+    let page = sender
+        .emit_ack(
+            "message:history",
+            json!({"roomName": "general", "limit": 100}),
+            ms(5000),
+        )
+        .await;
+    let messages = page["data"]["messages"].as_array().expect("messages");
+    assert_eq!(offsets(messages), vec![6, 7, 8, 9, 10], "{page}");
+    assert!(messages.iter().all(|m| m["epoch"] == new_epoch.as_str()));
     drop(hosts);
     redis.cleanup().await;
 }
@@ -472,6 +698,75 @@ async fn a_room_keeps_history_by_its_own_settings() {
         ack["data"].get("offset").is_none(),
         "no server-wide history: {ack}"
     );
+
+    // Settings of existing rooms change from the CLI and reach the running server.
+    let run = |args: &'static [&'static str]| {
+        let cli = cli(args);
+        async move {
+            let out = cli.await.expect("cli");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr,
+            )
+        }
+    };
+    let (code, out, err) = run(&[
+        "rooms", "history", "general", "--size", "2", "--ttl", "10m", "--json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["history"], json!({"size": 2, "ttl": 600}), "{v}");
+    assert_eq!(v["changed"], true);
+    let (code, out, err) = run(&["rooms", "history", "ops", "--size", "0"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("off"), "{out}");
+    // Picked up through the change feed: general numbers its messages, ops no longer does.
+    let deadline = std::time::Instant::now() + ms(10_000);
+    loop {
+        let general = g.send_message("general", "numbered?").await;
+        let ops = a.send_message("ops", "numbered?").await;
+        if general["data"]["offset"].is_u64() && ops["data"].get("offset").is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "settings not applied: {general} {ops}"
+        );
+        tokio::time::sleep(ms(200)).await;
+    }
+    // Only the room's own settings change: the server defaults apply again.
+    let (code, out, err) = run(&["rooms", "history", "ops", "--defaults", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (v["own"].is_null(), v["history"].is_null()),
+        (true, true),
+        "{v}"
+    );
+    let (code, out, _) = run(&["rooms", "history", "general"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("2 messages") && out.contains("600 s"), "{out}");
+    for (args, needle) in [
+        (
+            &["rooms", "history", "nosuch", "--size", "3"][..],
+            "room not found",
+        ),
+        (
+            &["rooms", "history", "general", "--ttl", "soon"][..],
+            "--ttl",
+        ),
+    ] {
+        let args: &'static [&'static str] = args;
+        let (code, _, err) = run(args).await;
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(
+            err.contains(needle) && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// Keeps history in the database at `url`, restarts the server on it: positions continue in

@@ -62,7 +62,7 @@ pub async fn run_command(config: &Config, command: Command) -> anyhow::Result<()
         | Command::Uninstall { .. } => Ok(()),
         Command::Init { json } => super::figures::init(config, &store, json).await,
         Command::Stats { json } => super::figures::stats(&store, json).await,
-        Command::Rooms { action, json } => super::rooms::run(&store, action, json).await,
+        Command::Rooms { action, json } => super::rooms::run(config, &store, action, json).await,
         Command::CreateRoom(args) => super::rooms::create(&store, args).await,
         Command::AddMember(args) => super::rooms::add_member(&store, args).await,
         Command::RemoveMember(args) => super::rooms::remove_member(&store, args).await,

@@ -262,6 +262,27 @@ pub enum RoomsCommand {
     AddMember(AddMemberArgs),
     /// Remove a room member.
     RemoveMember(RemoveMemberArgs),
+    /// Show a room's history settings, or change them (running servers pick the change up).
+    History(RoomHistoryArgs),
+}
+
+/// Arguments of `rooms history`.
+#[derive(Debug, Args)]
+pub struct RoomHistoryArgs {
+    /// Room name.
+    pub name: String,
+    /// Messages kept (0: no history in this room).
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// How long a message is kept: 600, 90s, 30m, 1h, 7d.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Drop the room's own settings: REALTIME_HISTORY_SIZE / REALTIME_HISTORY_TTL apply.
+    #[arg(long, conflicts_with_all = ["size", "ttl"])]
+    pub defaults: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `create-room` / `rooms create`.

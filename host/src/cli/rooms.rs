@@ -5,14 +5,20 @@
 use serde_json::json;
 
 use super::print::{outln, print_json};
-use super::{AddMemberArgs, CreateRoomArgs, RemoveMemberArgs, RoomsCommand};
+use super::{AddMemberArgs, CreateRoomArgs, RemoveMemberArgs, RoomHistoryArgs, RoomsCommand};
+use crate::config::Config;
 use crate::rooms::validate_room_name;
 use crate::store::{NewRoom, Room, RoomType, Store};
 
 const ROLES: [&str; 4] = ["admin", "moderator", "member", "guest"];
 
 /// Runs one `rooms` action (`None`: list).
-pub async fn run(store: &Store, action: Option<RoomsCommand>, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    store: &Store,
+    action: Option<RoomsCommand>,
+    json: bool,
+) -> anyhow::Result<()> {
     match action {
         None => list(store, json).await,
         Some(RoomsCommand::List { json }) => list(store, json).await,
@@ -21,7 +27,89 @@ pub async fn run(store: &Store, action: Option<RoomsCommand>, json: bool) -> any
         Some(RoomsCommand::Info { name, json }) => info(store, &name, json).await,
         Some(RoomsCommand::AddMember(args)) => add_member(store, args).await,
         Some(RoomsCommand::RemoveMember(args)) => remove_member(store, args).await,
+        Some(RoomsCommand::History(args)) => history(config, store, args).await,
     }
+}
+
+/// `settings.history` from `--history-size` / `--history-ttl` (empty: none given).
+fn history_settings(
+    size: Option<u32>,
+    ttl: Option<&str>,
+    flag: &str,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut history = serde_json::Map::new();
+    if let Some(size) = size {
+        history.insert("size".into(), json!(size));
+    }
+    if let Some(ttl) = ttl {
+        let secs = crate::util::parse_seconds(ttl).map_err(|e| anyhow::anyhow!("--{flag} {e}"))?;
+        history.insert("ttl".into(), json!(secs));
+    }
+    Ok(history)
+}
+
+/// Shows or changes a room's history settings; the room's other settings are kept.
+async fn history(config: &Config, store: &Store, args: RoomHistoryArgs) -> anyhow::Result<()> {
+    let RoomHistoryArgs {
+        name,
+        size,
+        ttl,
+        defaults,
+        json,
+    } = args;
+    let own = history_settings(size, ttl.as_deref(), "ttl")?;
+    let mut room = existing(store, &name).await?;
+    let changed = defaults || !own.is_empty();
+    if changed {
+        let mut settings = match room.settings.take() {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        if defaults {
+            settings.remove("history");
+        } else {
+            let mut history = settings
+                .get("history")
+                .and_then(|h| h.as_object().cloned())
+                .unwrap_or_default();
+            history.extend(own);
+            settings.insert("history".into(), serde_json::Value::Object(history));
+        }
+        room.settings = serde_json::Value::Object(settings);
+        if !store.set_room_settings(&name, &room.settings).await? {
+            anyhow::bail!("room not found: {name:?}");
+        }
+    }
+    let effective = crate::history::settings(config, &room);
+    let own = room.settings.get("history").cloned();
+    if json {
+        print_json(&json!({
+            "name": name,
+            "changed": changed,
+            "own": own,
+            "history": effective.map(|s| json!({"size": s.size, "ttl": s.ttl.as_secs()})),
+        }));
+        return Ok(());
+    }
+    let source = if own.is_some() {
+        "the room's own settings"
+    } else {
+        "REALTIME_HISTORY_SIZE / REALTIME_HISTORY_TTL"
+    };
+    let verb = if changed {
+        "✓ History of"
+    } else {
+        "History of"
+    };
+    match effective {
+        Some(s) => outln!(
+            "{verb} {name}: {} messages, kept {} s (from {source})",
+            s.size,
+            s.ttl.as_secs()
+        ),
+        None => outln!("{verb} {name}: off (from {source})"),
+    }
+    Ok(())
 }
 
 /// The original's `rooms` table.
@@ -71,15 +159,7 @@ pub async fn create(store: &Store, args: CreateRoomArgs) -> anyhow::Result<()> {
     if max_members.is_some_and(|m| m < 1) {
         anyhow::bail!("--max-members must be at least 1");
     }
-    let mut history = serde_json::Map::new();
-    if let Some(size) = history_size {
-        history.insert("size".into(), json!(size));
-    }
-    if let Some(ttl) = &history_ttl {
-        let secs =
-            crate::util::parse_seconds(ttl).map_err(|e| anyhow::anyhow!("--history-ttl {e}"))?;
-        history.insert("ttl".into(), json!(secs));
-    }
+    let history = history_settings(history_size, history_ttl.as_deref(), "history-ttl")?;
     let settings = if history.is_empty() {
         json!({})
     } else {

@@ -461,9 +461,11 @@ return n
 });
 
 /// ARGV: P, room, message JSON, size, ttl ms, now ms, a new epoch (used when the room has
-/// none), channel. Numbers the message (`last` + 1), keeps it, publishes
-/// `{r, o, e, m}` on the channel, all at once: every instance sees the offsets in order.
-/// Answers `{o, e}`.
+/// none), channel, `1` when history is persisted. Numbers the message (`last` + 1), keeps it,
+/// publishes `{r, o, e, b, m}` on the channel (`b`: the offset the epoch started after), all
+/// at once: every instance sees the offsets in order. Answers `{o, e}`; `{missing: true}`
+/// when the room has no history here and it is persisted (to be seeded from the database
+/// first).
 pub static HISTORY_PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -473,23 +475,29 @@ local meta = P .. ':hist:' .. room .. ':meta'
 local log = P .. ':hist:' .. room .. ':log'
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
+  if ARGV[9] == '1' then return cjson.encode({ missing = true }) end
   epoch = fresh
   redis.call('DEL', log)
-  redis.call('HSET', meta, 'epoch', epoch, 'last', 0)
+  redis.call('HSET', meta, 'epoch', epoch, 'last', 0, 'base', 0)
 end
+local base = redis.call('HGET', meta, 'base') or '0'
 local offset = redis.call('HINCRBY', meta, 'last', 1)
 redis.call('XADD', log, 'MAXLEN', size, offset .. '-1', 'm', msg, 't', now)
 redis.call('PEXPIRE', log, ttl)
 redis.call('PUBLISH', chan, '{"r":' .. cjson.encode(room) .. ',"o":' .. offset .. ',"e":' ..
-  cjson.encode(epoch) .. ',"m":' .. msg .. '}')
+  cjson.encode(epoch) .. ',"b":' .. base .. ',"m":' .. msg .. '}')
 return cjson.encode({ o = offset, e = epoch })
 "#,
     )
 });
 
 /// ARGV: P, room, first id, last id (inclusive, `-`/`+` for open ends), now ms, ttl ms,
-/// count, `1` for newest first, a new epoch (given to a room that has none). Answers `{e, l, list: [[offset, message JSON], ...]}`: the
-/// room's epoch and last offset, and the entries kept within the TTL.
+/// count, `1` for newest first, a new epoch (given to a room that has none), `1` when history
+/// is persisted (a room with none answers `{missing: true}` instead, to be seeded first).
+/// Answers `{e, l, b, pe, pl, list: [[offset, message JSON], ...]}`: the room's epoch, last
+/// offset and the offset the epoch started after, the epoch it continues and that epoch's
+/// last offset still known (when seeded from the database), and the entries kept within the
+/// TTL.
 pub static HISTORY_RANGE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -497,13 +505,18 @@ local P, room = ARGV[1], ARGV[2]
 local first, last, now, ttl, count, rev = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local meta = P .. ':hist:' .. room .. ':meta'
 local log = P .. ':hist:' .. room .. ':log'
-local h = redis.call('HMGET', meta, 'epoch', 'last')
+local h = redis.call('HMGET', meta, 'epoch', 'last', 'base', 'pe', 'pl')
 if not h[1] then
+  if ARGV[10] == '1' then return cjson.encode({ missing = true }) end
   redis.call('DEL', log)
-  redis.call('HSET', meta, 'epoch', ARGV[9], 'last', 0)
-  h = { ARGV[9], '0' }
+  redis.call('HSET', meta, 'epoch', ARGV[9], 'last', 0, 'base', 0)
+  h = { ARGV[9], '0', '0', false, false }
 end
-local out = { e = h[1], l = tonumber(h[2] or '0'), list = {} }
+local out = { e = h[1], l = tonumber(h[2] or '0'), b = tonumber(h[3] or '0'), list = {} }
+if h[4] then
+  out.pe = h[4]
+  out.pl = tonumber(h[5] or '0')
+end
 local rows
 if rev == '1' then
   rows = redis.call('XREVRANGE', log, last, first, 'COUNT', count)
@@ -523,6 +536,31 @@ return cjson.encode(out)
     )
 });
 
+/// ARGV: P, room, a new epoch, the last offset the database holds, the epoch it belongs to
+/// (empty: none), ttl ms, then (offset, message JSON, kept at ms) for each message to keep,
+/// oldest first. Seeds a room that has no history here (Redis lost it) from the database: the
+/// new epoch continues the offsets after `last`, and remembers the one it continues; does
+/// nothing when the room has history (another instance seeded it first). Answers
+/// `{seeded}`.
+pub static HISTORY_SEED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local P, room, epoch, last, prev, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local meta = P .. ':hist:' .. room .. ':meta'
+local log = P .. ':hist:' .. room .. ':log'
+if redis.call('EXISTS', meta) == 1 then return cjson.encode({ seeded = false }) end
+redis.call('DEL', log)
+redis.call('HSET', meta, 'epoch', epoch, 'last', last, 'base', last)
+if prev ~= '' then redis.call('HSET', meta, 'pe', prev, 'pl', last) end
+for i = 7, #ARGV, 3 do
+  redis.call('XADD', log, ARGV[i] .. '-1', 'm', ARGV[i + 1], 't', ARGV[i + 2])
+end
+if #ARGV >= 7 then redis.call('PEXPIRE', log, ttl) end
+return cjson.encode({ seeded = true })
+"#,
+    )
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,7 +576,7 @@ mod tests {
             .get_multiplexed_async_connection()
             .await
             .unwrap_or_else(|e| panic!("a Redis must answer at {url}: {e}"));
-        let all: [(&str, &Script); 17] = [
+        let all: [(&str, &Script); 18] = [
             ("CONNECT", &CONNECT),
             ("DISCONNECT", &DISCONNECT),
             ("UPDATE", &UPDATE),
@@ -556,6 +594,7 @@ mod tests {
             ("INCR", &INCR),
             ("HISTORY_PUBLISH", &HISTORY_PUBLISH),
             ("HISTORY_RANGE", &HISTORY_RANGE),
+            ("HISTORY_SEED", &HISTORY_SEED),
         ];
         for (name, script) in all {
             let sha = script

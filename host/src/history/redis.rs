@@ -5,6 +5,14 @@
 //! stream), remembering the last offset it delivered: a catch-up on this instance reads the
 //! stream up to that offset and joins the socket under the same per-room lock, so the next
 //! message reaches the socket live, once.
+//!
+//! With `REALTIME_HISTORY_PERSIST`, each message is also written to the database before it is
+//! acknowledged, and a room Redis has no history of (Redis restarted without persistence) is
+//! seeded from the database before anything else: a new epoch whose offsets continue after
+//! the last message the database holds, remembering the epoch it continues. A position of
+//! that epoch up to the database's last message is recovered from the seeded messages; one
+//! past it (a message delivered, then lost with Redis before the database had it) is not,
+//! since its offset will be given to another message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +28,7 @@ use super::{Catchup, History, Page, Position, Settings, Unavailable};
 use crate::cluster::driver::PubSubDriver;
 use crate::cluster::{RedisConn, de_list, lua, now_ms};
 use crate::fanout::Fanout;
+use crate::store::{Store, WriteOp};
 
 /// Messages waiting in the subscriber's buffer.
 const BUFFER: usize = 16_384;
@@ -27,6 +36,8 @@ const BUFFER: usize = 16_384;
 const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most messages one check delivers per room.
 const RECONCILE_BATCH: usize = 1000;
+/// Longest wait for the database (seeding a room, writing a message).
+const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Settings that keep every entry the stream still has (for filling gaps).
 fn unbounded() -> Settings {
@@ -45,14 +56,31 @@ struct Delivered {
 
 #[derive(Deserialize)]
 struct Published {
+    #[serde(default)]
     o: u64,
+    #[serde(default)]
     e: String,
+    /// The room has no history in Redis and must be seeded from the database.
+    #[serde(default)]
+    missing: bool,
 }
 
 #[derive(Deserialize)]
 struct Range {
+    #[serde(default)]
     e: String,
+    #[serde(default)]
     l: u64,
+    /// The offset the epoch started after.
+    #[serde(default)]
+    b: u64,
+    /// The epoch this one continues, and its last offset the database held.
+    #[serde(default)]
+    pe: Option<String>,
+    #[serde(default)]
+    pl: u64,
+    #[serde(default)]
+    missing: bool,
     #[serde(default, deserialize_with = "de_list")]
     list: Vec<(u64, String)>,
 }
@@ -62,6 +90,9 @@ struct Incoming {
     r: String,
     o: u64,
     e: String,
+    /// The offset the epoch started after.
+    #[serde(default)]
+    b: u64,
     m: Value,
 }
 
@@ -70,6 +101,9 @@ pub struct RedisHistory {
     redis: Arc<RedisConn>,
     fanout: Arc<dyn Fanout>,
     rooms: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Delivered>>>>>,
+    /// With `REALTIME_HISTORY_PERSIST`: messages are written here too, and rooms Redis lost
+    /// are seeded from here.
+    persist: Option<Store>,
 }
 
 fn unavailable() -> Unavailable {
@@ -89,13 +123,96 @@ fn positioned(mut m: Value, offset: u64, epoch: &str) -> Value {
 }
 
 impl RedisHistory {
-    /// Histories over the cluster's connection, delivering through `fanout`'s local sockets.
-    pub fn new(redis: Arc<RedisConn>, fanout: Arc<dyn Fanout>) -> RedisHistory {
+    /// Histories over the cluster's connection, delivering through `fanout`'s local sockets;
+    /// kept in the database `persist` too.
+    pub fn new(
+        redis: Arc<RedisConn>,
+        fanout: Arc<dyn Fanout>,
+        persist: Option<Store>,
+    ) -> RedisHistory {
         RedisHistory {
             redis,
             fanout,
             rooms: Mutex::new(HashMap::new()),
+            persist,
         }
+    }
+
+    fn persisted(&self) -> &'static str {
+        if self.persist.is_some() { "1" } else { "0" }
+    }
+
+    /// Seeds a room Redis has no history of from the database (see the module's text); does
+    /// nothing when another instance did it first.
+    async fn seed(&self, room: &str, settings: Settings) -> Result<(), Unavailable> {
+        let Some(store) = &self.persist else {
+            return Ok(());
+        };
+        let limit = i64::try_from(settings.size).unwrap_or(i64::MAX);
+        let kept = tokio::time::timeout(DB_WAIT, store.kept_history(room, limit))
+            .await
+            .map_err(|_| Unavailable("the database did not answer in time".into()))?
+            .map_err(|e| Unavailable(e.to_string()))?;
+        let mut args: Vec<String> = vec![room.to_string(), new_epoch()];
+        match kept {
+            Some(kept) => {
+                // Only the unbroken run that ends at the last message: a position before a
+                // message the database never got cannot be recovered.
+                let mut run = Vec::new();
+                let mut want = kept.last;
+                for (o, m, at) in kept.entries.into_iter().rev() {
+                    if o != want || want == 0 {
+                        break;
+                    }
+                    run.push((o, m, at));
+                    want -= 1;
+                }
+                run.reverse();
+                args.push(kept.last.to_string());
+                args.push(kept.epoch);
+                args.push(settings.ttl.as_millis().to_string());
+                for (o, m, at) in run {
+                    args.push(o.to_string());
+                    args.push(serde_json::to_string(&m).map_err(|e| Unavailable(e.to_string()))?);
+                    args.push(at.timestamp_millis().to_string());
+                }
+            }
+            None => {
+                args.extend(["0".into(), String::new(), "0".into()]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.redis
+            .script::<Value>(&lua::HISTORY_SEED, &args)
+            .await
+            .ok_or_else(unavailable)?;
+        Ok(())
+    }
+
+    /// [`Self::range`], seeding the room first when Redis has no history of it.
+    async fn range_seeded(
+        &self,
+        room: &str,
+        first: &str,
+        last: &str,
+        settings: Settings,
+        count: usize,
+        newest_first: bool,
+    ) -> Result<(Range, Vec<(u64, Value)>), Unavailable> {
+        let answer = self
+            .range(room, first, last, settings, count, newest_first)
+            .await?;
+        if !answer.0.missing {
+            return Ok(answer);
+        }
+        self.seed(room, settings).await?;
+        let answer = self
+            .range(room, first, last, settings, count, newest_first)
+            .await?;
+        if answer.0.missing {
+            return Err(Unavailable("the room's history could not be seeded".into()));
+        }
+        Ok(answer)
     }
 
     fn channel(&self) -> String {
@@ -130,7 +247,17 @@ impl RedisHistory {
             .redis
             .script(
                 &lua::HISTORY_RANGE,
-                &[room, first, last, &now, &ttl, &count, rev, &fresh],
+                &[
+                    room,
+                    first,
+                    last,
+                    &now,
+                    &ttl,
+                    &count,
+                    rev,
+                    &fresh,
+                    self.persisted(),
+                ],
             )
             .await
             .ok_or_else(unavailable)?;
@@ -237,7 +364,7 @@ impl RedisHistory {
             // start.
             *state = Delivered {
                 epoch: m.e.clone(),
-                last: 0,
+                last: m.b,
             };
         }
         if m.o <= state.last {
@@ -281,14 +408,55 @@ impl History for RedisHistory {
         let now = now_ms().to_string();
         let fresh = new_epoch();
         let channel = self.channel();
-        let p: Published = self
+        let args = [
+            room,
+            &json,
+            &size,
+            &ttl,
+            &now,
+            &fresh,
+            &channel,
+            self.persisted(),
+        ];
+        let mut p: Published = self
             .redis
-            .script(
-                &lua::HISTORY_PUBLISH,
-                &[room, &json, &size, &ttl, &now, &fresh, &channel],
-            )
+            .script(&lua::HISTORY_PUBLISH, &args)
             .await
             .ok_or_else(unavailable)?;
+        if p.missing {
+            self.seed(room, settings).await?;
+            p = self
+                .redis
+                .script(&lua::HISTORY_PUBLISH, &args)
+                .await
+                .ok_or_else(unavailable)?;
+            if p.missing {
+                return Err(Unavailable("the room's history could not be seeded".into()));
+            }
+        }
+        if let Some(store) = &self.persist {
+            // Written before the acknowledgement: every acknowledged message is in the
+            // database. The message is delivered already: a failure here is logged, and a
+            // seed later leaves this message out (positions past a gap are not recovered).
+            let at = chrono::Utc::now();
+            let kept = WriteOp::MessageKept {
+                room: room.to_string(),
+                epoch: p.e.clone(),
+                offset: p.o,
+                message: positioned(message, p.o, &p.e),
+                at,
+                expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
+            };
+            match tokio::time::timeout(DB_WAIT, store.apply(std::slice::from_ref(&kept))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%room, offset = p.o, error = %e, "history: message not persisted")
+                }
+                Err(_) => {
+                    tracing::warn!(%room, offset = p.o, "history: message not persisted (the database did not answer in time)")
+                }
+            }
+        }
         Ok(Position {
             offset: p.o,
             epoch: p.e,
@@ -306,10 +474,12 @@ impl History for RedisHistory {
         let mut delivered = slot.lock().await;
         // What this instance has delivered: the first socket here starts at the room's
         // current position (no socket here was in the room before it).
-        let state = match delivered.as_ref() {
+        let mut state = match delivered.as_ref() {
             Some(d) => d.clone(),
             None => {
-                let (r, _) = self.range(room, "+", "+", settings, 1, false).await?;
+                let (r, _) = self
+                    .range_seeded(room, "+", "+", settings, 1, false)
+                    .await?;
                 let d = Delivered {
                     epoch: r.e,
                     last: r.l,
@@ -318,11 +488,37 @@ impl History for RedisHistory {
                 d
             }
         };
+        let mut since = since.cloned();
+        // At the position this instance delivered: nothing missed, no need to ask Redis.
+        if let Some(s) = since
+            .as_mut()
+            .filter(|s| s.epoch != state.epoch || s.offset != state.last)
+        {
+            // The room's epoch now: Redis may have lost the history since this instance last
+            // delivered (a new epoch, possibly seeded from the database).
+            let (r, _) = self
+                .range_seeded(room, "+", "+", settings, 1, false)
+                .await?;
+            if r.e != state.epoch {
+                // This instance has delivered nothing of the current epoch yet: it starts
+                // where the epoch started, as its first publication would make it.
+                state = Delivered {
+                    epoch: r.e.clone(),
+                    last: r.b,
+                };
+                *delivered = Some(state.clone());
+            }
+            // A position of the epoch the current one continues (seeded from the database)
+            // is one of this epoch when the database held it.
+            if s.epoch != r.e && r.pe.as_deref() == Some(s.epoch.as_str()) && s.offset <= r.pl {
+                s.epoch = r.e;
+            }
+        }
         let current = Position {
             offset: state.last,
             epoch: state.epoch.clone(),
         };
-        let found = match since {
+        let found = match since.as_ref() {
             None => Catchup::NotAsked,
             Some(s) => match super::settled(&current, s) {
                 Some(decided) => decided,
@@ -330,10 +526,13 @@ impl History for RedisHistory {
                     let first = format!("{}-1", s.offset + 1);
                     let last = format!("{}-1", state.last);
                     let want = (state.last - s.offset) as usize;
-                    let (_, list) = self
-                        .range(room, &first, &last, settings, want, false)
+                    let (r, list) = self
+                        .range_seeded(room, &first, &last, settings, want, false)
                         .await?;
-                    if list.first().map(|(o, _)| *o) == Some(s.offset + 1) && list.len() == want {
+                    if r.e == state.epoch
+                        && list.first().map(|(o, _)| *o) == Some(s.offset + 1)
+                        && list.len() == want
+                    {
                         Catchup::Recovered(list.into_iter().map(|(_, m)| m).collect())
                     } else {
                         Catchup::Lost
@@ -353,15 +552,22 @@ impl History for RedisHistory {
         limit: usize,
     ) -> Result<(Vec<Value>, Position), Unavailable> {
         let (r, list) = match page {
-            Page::Newest => self.range(room, "-", "+", settings, limit, true).await?,
-            Page::Before(b) if b <= 1 => self.range(room, "+", "+", settings, 1, true).await?,
+            Page::Newest => {
+                self.range_seeded(room, "-", "+", settings, limit, true)
+                    .await?
+            }
+            Page::Before(b) if b <= 1 => {
+                let (r, _) = self.range_seeded(room, "+", "+", settings, 1, true).await?;
+                (r, Vec::new())
+            }
             Page::Before(b) => {
                 let last = format!("{}-1", b - 1);
-                self.range(room, "-", &last, settings, limit, true).await?
+                self.range_seeded(room, "-", &last, settings, limit, true)
+                    .await?
             }
             Page::After(a) => {
                 let first = format!("{}-1", a + 1);
-                self.range(room, &first, "+", settings, limit, false)
+                self.range_seeded(room, &first, "+", settings, limit, false)
                     .await?
             }
         };

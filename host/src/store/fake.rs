@@ -105,6 +105,9 @@ impl Backend for Fake {
     async fn set_room_active(&self, _: &str, _: bool) -> Result<bool, StoreError> {
         unsupported()
     }
+    async fn set_room_settings(&self, _: &str, _: &serde_json::Value) -> Result<bool, StoreError> {
+        unsupported()
+    }
     async fn add_member(
         &self,
         _: &str,

@@ -58,6 +58,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn rooms(&self, active_only: bool) -> Result<Vec<Room>, StoreError>;
     /// Sets `is_active` of a room; false if no such room.
     async fn set_room_active(&self, name: &str, active: bool) -> Result<bool, StoreError>;
+    /// Replaces a room's `settings`; false if no such room.
+    async fn set_room_settings(
+        &self,
+        name: &str,
+        settings: &serde_json::Value,
+    ) -> Result<bool, StoreError>;
     /// Adds or updates a membership (CLI/API).
     async fn add_member(
         &self,

@@ -577,6 +577,15 @@ impl Backend for PgBackend {
         Ok(r.rows_affected() > 0)
     }
 
+    async fn set_room_settings(&self, name: &str, settings: &Value) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE realtime_rooms SET settings = $1 WHERE name = $2")
+            .bind(json(settings).into_owned())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     async fn add_member(
         &self,
         room: &str,

@@ -482,6 +482,17 @@ impl Backend for SqliteBackend {
         Ok(r.rows_affected() > 0)
     }
 
+    async fn set_room_settings(&self, name: &str, settings: &Value) -> Result<bool, StoreError> {
+        let r =
+            sqlx::query("UPDATE realtime_rooms SET settings = ?, updated_at = ? WHERE name = ?")
+                .bind(settings.to_string())
+                .bind(ts(Utc::now()))
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     async fn add_member(
         &self,
         room: &str,

@@ -94,6 +94,46 @@ impl CallError {
 pub struct Runtime {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    ticker: Arc<Ticker>,
+}
+
+/// The epoch ticker's switch: it ticks (every [`TICK`]) only while a module runs, and sleeps
+/// otherwise, so a server with no module call in flight is not woken a thousand times a
+/// second (on a busy core each wakeup preempts the event loop).
+#[derive(Default)]
+struct Ticker {
+    /// Module calls running now.
+    active: std::sync::atomic::AtomicUsize,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// While held, the epoch advances.
+struct Ticking<'a>(&'a Ticker);
+
+impl Ticker {
+    fn enter(&self) -> Ticking<'_> {
+        if self
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            == 0
+            && let Some(t) = self.thread.get()
+        {
+            t.unpark();
+        }
+        Ticking(self)
+    }
+
+    fn idle(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Runtime {
@@ -115,21 +155,35 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config)?;
         let weak = engine.weak();
-        std::thread::Builder::new()
+        let ticker = Arc::new(Ticker::default());
+        let switch = ticker.clone();
+        let thread = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
+                    if switch.idle() {
+                        // Woken by the next call (or once a second, to notice the engine
+                        // is gone); a deadline counts ticks from its call's start.
+                        drop(engine);
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(TICK);
                 }
             })?;
+        let _ = ticker.thread.set(thread.thread().clone());
         if let Some(dir) = &cache_dir
             && let Err(e) = std::fs::create_dir_all(dir)
         {
             tracing::warn!(dir = %dir.display(), error = %e, "plugin cache disabled");
         }
-        Ok(Runtime { engine, cache_dir })
+        Ok(Runtime {
+            engine,
+            cache_dir,
+            ticker,
+        })
     }
 
     /// Compiles (or loads the cached compilation of) a component. Blocking: run it off the
@@ -206,6 +260,7 @@ impl Runtime {
         .map_err(describe_err)?;
         let module = Module {
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             pre,
             limits,
             kv,
@@ -404,6 +459,7 @@ struct Instance {
 /// A loaded module: its pre-linked component and its warm instances.
 pub struct Module {
     engine: Engine,
+    ticker: Arc<Ticker>,
     pre: Pre,
     limits: Limits,
     kv: Arc<dyn KvStore>,
@@ -417,6 +473,7 @@ impl Module {
     /// A new instance, configured: `describe(config)` runs on every instance before its first
     /// `handle` (a module builds its settings there).
     fn instantiate(&self) -> Result<(Instance, Descriptor), CallError> {
+        let _ticking = self.ticker.enter();
         let state = State {
             module: self.name.clone(),
             kv: self.kv.clone(),
@@ -493,6 +550,7 @@ impl Module {
 
     /// Calls `handle` on a warm instance within the module's deadline and memory cap.
     pub fn handle(&self, event: &Event) -> Result<Verdict, CallError> {
+        let _ticking = self.ticker.enter();
         let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut inst = match taken {
             Some(i) => i,
@@ -537,6 +595,7 @@ impl Module {
         if matches!(self.pre, Pre::V1(_)) {
             return Ok(());
         }
+        let _ticking = self.ticker.enter();
         let taken = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut inst = match taken {
             Some(i) => i,

@@ -21,6 +21,8 @@
 #   join         room:leave/join churn at STORM_RATE events/s
 #   policy       nself-realtime only: fan-out --find-max with no module vs the four example
 #                policy modules (built with scripts/build-plugins when missing)
+#   policy-redis the same on one instance with Redis (REDIS_URL): the rate limiter's key/value
+#                store is then Redis, one round trip per counted event
 #   history      nself-realtime only: fan-out --find-max with room history off vs on
 #                (REALTIME_HISTORY_SIZE=HISTORY_SIZE), in memory, and in Redis (one instance
 #                with REDIS_URL, against the same without history)
@@ -251,13 +253,18 @@ run_one() {
   url="http://127.0.0.1:$port"
   local -a pidsargs=()
   case "$side:$scenario" in
-    rust:policy-examples)
+    rust:policy-examples | rust:policy-examples-redis)
       mkdir -p "$scratch/policy-plugins"
       cp "$root"/plugins/{sanitizer,profanity,room-policy,rate-limiter}.wasm "$scratch/policy-plugins/"
       # The limiter is configured never to refuse: the run measures the cost of the chain.
       printf 'config = %s\n' "'{\"limit\": 1000000000, \"windowMs\": 1000}'" \
         >"$scratch/policy-plugins/rate-limiter.toml"
-      start_rust "$port" "$scratch/policy-plugins" ;;
+      if [ "$scenario" = policy-examples-redis ]; then
+        start_rust "$port" "$scratch/policy-plugins" "$REDIS_URL"
+      else
+        start_rust "$port" "$scratch/policy-plugins"
+      fi ;;
+    rust:policy-none-redis) start_rust "$port" "$scratch/no-plugins" "$REDIS_URL" ;;
     rust:multi | rust:scale-two)
       start_rust "$port" "$scratch/no-plugins" "$REDIS_URL"
       local first=$server_pid
@@ -290,7 +297,7 @@ run_one() {
         --hold "$HOLD" --source-ips "$SOURCE_IPS" --rooms "$CONN_ROOMS" ;;
     fanout | fanout-fixed)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
-    fanout-max | policy-none | policy-examples | multi | scale-one | scale-two | history-*)
+    fanout-max | policy-* | multi | scale-one | scale-two | history-*)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "$RATE" --find-max \
         --step-factor "$STEP_FACTOR" ;;
     typing | presence | join)
@@ -482,7 +489,7 @@ ma, ka = median(ra) if ra else ({}, [])
 mb, kb = median(rb) if rb else ({}, [])
 mc, kc = median(rc) if rc else ({}, [])
 names = ("nself (examples)", "nself (none)") if b.startswith("policy") else ("nself-realtime", "Node.js")
-if a == "policy-examples":
+if a.startswith("policy-examples"):
     names = ("with modules", "no modules")
 if a == "scale-two":
     names = ("two instances + Redis", "one instance")
@@ -556,6 +563,15 @@ for scenario in "${scenarios[@]}"; do
         run_one policy-examples rust "$round"
       done
       table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
+    policy-redis)
+      for m in sanitizer profanity room-policy rate-limiter; do
+        [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
+      done
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one policy-none-redis rust "$round"
+        run_one policy-examples-redis rust "$round"
+      done
+      table "policy over Redis: four example modules vs none, one instance with Redis (module key/value store in Redis)" policy-examples-redis policy-none-redis ;;
     multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" nofloor ;;
     history)
       for ((round = 1; round <= ROUNDS; round++)); do

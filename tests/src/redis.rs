@@ -106,6 +106,9 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "no",
+                // Tests slow it down on purpose (`DEBUG SLEEP`).
+                "--enable-debug-command",
+                "local",
                 "--dir",
             ])
             .arg(self.dir.path())

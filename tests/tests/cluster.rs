@@ -289,6 +289,57 @@ async fn policy_rate_limiter_counts_across_instances() {
     c.stop().await;
 }
 
+/// A module's deadline is its own time: waiting for a slow Redis behind its key/value calls
+/// does not count against it (a rate limiter over a busy Redis was quarantined for "deadline
+/// exceeded" and then refused every message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_does_not_spend_a_modules_deadline() {
+    let redis = nself_realtime_tests::redis::PrivateRedis::start().await;
+    let url = redis.url();
+    let files = vec![
+        ("rate-limiter.wasm", plugin_wasm("rate-limiter")),
+        (
+            "rate-limiter.toml",
+            br#"timeout_ms = 5
+config = '{"limit": 1000, "windowMs": 60000}'"#
+                .to_vec(),
+        ),
+    ];
+    let host = TestHost::start_with_plugins(&[("REALTIME_REDIS_URL", &url)], &files).await;
+    let deadline = std::time::Instant::now() + ms(10_000);
+    while host.http_request("/health", &[]).await.json()["checks"]["redis"] != "ok" {
+        assert!(std::time::Instant::now() < deadline, "redis never ok");
+        tokio::time::sleep(ms(100)).await;
+    }
+    let mut a = host.joined("alice", "general").await;
+    for i in 0..3 {
+        // Redis stalls for 40 ms (8 times the module's budget) while the module counts.
+        let stall = {
+            let url = url.clone();
+            tokio::spawn(async move {
+                nself_realtime_tests::redis::command(&url, &["DEBUG", "SLEEP", "0.04"]).await
+            })
+        };
+        tokio::time::sleep(ms(5)).await;
+        let ack = a.send_message("general", &format!("m{i}")).await;
+        assert_eq!(ack["success"], json!(true), "round {i}: {ack}");
+        stall.await.expect("stall task").expect("DEBUG SLEEP");
+    }
+    let health = host.http_request("/health", &[]).await.json();
+    assert_eq!(
+        (
+            &health["plugins"]["serving"],
+            &health["plugins"]["quarantined"],
+            &health["plugins"]["failed"]
+        ),
+        (&json!(1), &json!(0), &json!(0)),
+        "the module still serves: {health}"
+    );
+    drop(host);
+    let mut redis = redis;
+    redis.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_report_redis() {
     let c = Cluster::start("health", 2, &[], &[]).await;

@@ -26,6 +26,9 @@ pub const RECYCLE_AFTER: u64 = 10_000;
 const POOL_SIZE: usize = 8;
 /// Epoch tick: the resolution of call deadlines.
 const TICK: Duration = Duration::from_millis(1);
+/// Most time a call may spend waiting for the key/value store (Redis) without it counting
+/// against the module's deadline.
+const MAX_WAIT_CREDIT: Duration = Duration::from_millis(300);
 /// Largest wasm stack.
 const MAX_STACK: usize = 512 * 1024;
 /// Ceiling of any module's memory (the per-module cap is lower, from the sidecar).
@@ -355,6 +358,11 @@ pub struct State {
     /// The last error the module logged (a 0.1.0 module refusing its configuration panics:
     /// its message, logged by the SDK's panic hook, says why its `describe` trapped).
     last_error: Option<String>,
+    /// Time spent in key/value calls since the deadline was last extended: the deadline is the
+    /// module's own time, not the store's (Redis under load is slower than a module's budget).
+    waited: Duration,
+    /// What is left of this call's [`MAX_WAIT_CREDIT`].
+    credit: Duration,
 }
 
 impl State {
@@ -387,22 +395,46 @@ impl State {
         chrono::Utc::now().timestamp_millis().max(0) as u64
     }
 
+    /// Runs a key/value call, counting its time as waited.
+    fn timed<T>(&mut self, f: impl FnOnce(&dyn KvStore, &str) -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = f(&*self.kv, &self.module);
+        self.waited += start.elapsed();
+        out
+    }
+
+    /// Starts a call: no wait counted yet, the whole credit available.
+    fn start_call(&mut self) {
+        self.waited = Duration::ZERO;
+        self.credit = MAX_WAIT_CREDIT;
+    }
+
+    /// At the deadline: extended by the time waited for the store since the last extension
+    /// (within the call's credit), otherwise the call is interrupted.
+    fn at_deadline(&mut self) -> wasmtime::UpdateDeadline {
+        let credit = std::mem::take(&mut self.waited).min(self.credit);
+        self.credit -= credit;
+        if credit.is_zero() {
+            wasmtime::UpdateDeadline::Interrupt
+        } else {
+            wasmtime::UpdateDeadline::Continue(ticks(credit))
+        }
+    }
+
     fn kv_get(&mut self, key: String) -> Option<String> {
-        self.kv.get(&self.module, &key)
+        self.timed(|kv, module| kv.get(module, &key))
     }
 
     fn kv_set(&mut self, key: String, value: String, ttl_ms: Option<u64>) {
-        self.kv
-            .set(&self.module, &key, value, ttl_ms.map(Duration::from_millis))
+        self.timed(|kv, module| kv.set(module, &key, value, ttl_ms.map(Duration::from_millis)))
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> i64 {
-        self.kv
-            .incr(&self.module, &key, delta, ttl_ms.map(Duration::from_millis))
+        self.timed(|kv, module| kv.incr(module, &key, delta, ttl_ms.map(Duration::from_millis)))
     }
 
     fn kv_delete(&mut self, key: String) {
-        self.kv.delete(&self.module, &key)
+        self.timed(|kv, module| kv.delete(module, &key))
     }
 }
 
@@ -483,9 +515,12 @@ impl Module {
                 .trap_on_grow_failure(true)
                 .build(),
             last_error: None,
+            waited: Duration::ZERO,
+            credit: MAX_WAIT_CREDIT,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().at_deadline()));
         // Instantiation runs the module's initialisers: give it a (generous) deadline too.
         store.set_epoch_deadline(ticks(self.limits.timeout) * 10);
         let instantiate_err = |e: wasmtime::Error| CallError::Instance {
@@ -556,6 +591,7 @@ impl Module {
             Some(i) => i,
             None => self.instantiate()?.0,
         };
+        inst.store.data_mut().start_call();
         inst.store.set_epoch_deadline(ticks(self.limits.timeout));
         let result = match &inst.bindings {
             Bound::V1(b) => b
@@ -601,6 +637,7 @@ impl Module {
             Some(i) => i,
             None => self.instantiate()?.0,
         };
+        inst.store.data_mut().start_call();
         inst.store.set_epoch_deadline(ticks(self.limits.timeout));
         let result = match &inst.bindings {
             Bound::V1(_) => Ok(()),

@@ -447,14 +447,19 @@ impl History for RedisHistory {
                 at,
                 expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
             };
-            match tokio::time::timeout(DB_WAIT, store.apply(std::slice::from_ref(&kept))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(%room, offset = p.o, error = %e, "history: message not persisted")
-                }
-                Err(_) => {
-                    tracing::warn!(%room, offset = p.o, "history: message not persisted (the database did not answer in time)")
-                }
+            let failed =
+                match tokio::time::timeout(DB_WAIT, store.apply(std::slice::from_ref(&kept))).await
+                {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("the database did not answer in time".to_string()),
+                };
+            // At most a line a second while the database is down.
+            static LOG: crate::util::Throttle = crate::util::Throttle::new();
+            if let Some(error) = failed
+                && let Some(held_back) = LOG.pass()
+            {
+                tracing::warn!(%room, offset = p.o, %error, held_back, "history: message not persisted");
             }
         }
         Ok(Position {

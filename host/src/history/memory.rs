@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::{Catchup, History, Page, Position, Settings, Unavailable};
 use crate::fanout::Fanout;
-use crate::store::{Store, WriteOp};
+use crate::store::Store;
 
 struct Log {
     /// Read from the database (or not to be): history persistence loads a room once.
@@ -65,9 +65,6 @@ pub struct MemoryHistory {
     persist: Option<Store>,
 }
 
-/// Longest wait for a room's kept history at its first use.
-const LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
 impl MemoryHistory {
     /// Histories that deliver through `fanout`; kept in the database `persist` too.
     pub fn new(fanout: Arc<dyn Fanout>, persist: Option<Store>) -> MemoryHistory {
@@ -94,12 +91,7 @@ impl MemoryHistory {
         let mut log = slot.lock_owned().await;
         if !log.loaded {
             if let Some(store) = &self.persist {
-                let limit = i64::try_from(settings.size).unwrap_or(i64::MAX);
-                let kept = tokio::time::timeout(LOAD_WAIT, store.kept_history(room, limit))
-                    .await
-                    .map_err(|_| Unavailable("the database did not answer in time".into()))?
-                    .map_err(|e| Unavailable(e.to_string()))?;
-                if let Some(kept) = kept {
+                if let Some(kept) = super::read_kept(store, room, settings).await? {
                     // Positions continue where the kept history ends.
                     log.epoch = kept.epoch;
                     log.last = kept.last;
@@ -185,20 +177,7 @@ impl History for MemoryHistory {
             // Written before the message is numbered for good, delivered or acknowledged: a
             // crash right after cannot make a restarted server hand the same offset to another
             // message (a client holding it would skip that one). Write-behind would.
-            let at = chrono::Utc::now();
-            let kept = WriteOp::MessageKept {
-                room: room.to_string(),
-                epoch: position.epoch.clone(),
-                offset: position.offset,
-                message: message.clone(),
-                at,
-                expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
-            };
-            match tokio::time::timeout(LOAD_WAIT, store.apply(std::slice::from_ref(&kept))).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Unavailable(e.to_string())),
-                Err(_) => return Err(Unavailable("the database did not answer in time".into())),
-            }
+            super::write_kept(store, room, &position, message.clone(), settings).await?;
         }
         log.last = position.offset;
         log.entries

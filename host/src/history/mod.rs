@@ -26,7 +26,48 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::store::Room;
+use crate::store::{KeptHistory, Room, Store, WriteOp};
+
+/// Longest wait for the database (reading a room's kept history, writing a message).
+const DB_WAIT: Duration = Duration::from_secs(3);
+
+/// A room's kept history in the database (at most `settings.size` messages), within
+/// [`DB_WAIT`].
+pub(crate) async fn read_kept(
+    store: &Store,
+    room: &str,
+    settings: Settings,
+) -> Result<Option<KeptHistory>, Unavailable> {
+    let limit = i64::try_from(settings.size).unwrap_or(i64::MAX);
+    tokio::time::timeout(DB_WAIT, store.kept_history(room, limit))
+        .await
+        .map_err(|_| Unavailable("the database did not answer in time".into()))?
+        .map_err(|e| Unavailable(e.to_string()))
+}
+
+/// Writes `message` (carrying its position) as kept at `position` until the room's TTL, in
+/// its own transaction, within [`DB_WAIT`].
+pub(crate) async fn write_kept(
+    store: &Store,
+    room: &str,
+    position: &Position,
+    message: Value,
+    settings: Settings,
+) -> Result<(), Unavailable> {
+    let at = chrono::Utc::now();
+    let kept = WriteOp::MessageKept {
+        room: room.to_string(),
+        epoch: position.epoch.clone(),
+        offset: position.offset,
+        message,
+        at,
+        expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
+    };
+    tokio::time::timeout(DB_WAIT, store.apply(std::slice::from_ref(&kept)))
+        .await
+        .map_err(|_| Unavailable("the database did not answer in time".into()))?
+        .map_err(|e| Unavailable(e.to_string()))
+}
 
 /// Most messages one `message:history` answers.
 pub const MAX_PAGE: usize = 100;

@@ -28,7 +28,7 @@ use super::{Catchup, History, Page, Position, Settings, Unavailable};
 use crate::cluster::driver::PubSubDriver;
 use crate::cluster::{RedisConn, de_list, lua, now_ms};
 use crate::fanout::Fanout;
-use crate::store::{Store, WriteOp};
+use crate::store::Store;
 
 /// Messages waiting in the subscriber's buffer.
 const BUFFER: usize = 16_384;
@@ -36,8 +36,6 @@ const BUFFER: usize = 16_384;
 const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most messages one check delivers per room.
 const RECONCILE_BATCH: usize = 1000;
-/// Longest wait for the database (seeding a room, writing a message).
-const DB_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Settings that keep every entry the stream still has (for filling gaps).
 fn unbounded() -> Settings {
@@ -148,11 +146,7 @@ impl RedisHistory {
         let Some(store) = &self.persist else {
             return Ok(());
         };
-        let limit = i64::try_from(settings.size).unwrap_or(i64::MAX);
-        let kept = tokio::time::timeout(DB_WAIT, store.kept_history(room, limit))
-            .await
-            .map_err(|_| Unavailable("the database did not answer in time".into()))?
-            .map_err(|e| Unavailable(e.to_string()))?;
+        let kept = super::read_kept(store, room, settings).await?;
         let mut args: Vec<String> = vec![room.to_string(), new_epoch()];
         match kept {
             Some(kept) => {
@@ -438,25 +432,15 @@ impl History for RedisHistory {
             // Written before the acknowledgement: every acknowledged message is in the
             // database. The message is delivered already: a failure here is logged, and a
             // seed later leaves this message out (positions past a gap are not recovered).
-            let at = chrono::Utc::now();
-            let kept = WriteOp::MessageKept {
-                room: room.to_string(),
-                epoch: p.e.clone(),
+            let position = Position {
                 offset: p.o,
-                message: positioned(message, p.o, &p.e),
-                at,
-                expires_at: at + chrono::Duration::from_std(settings.ttl).unwrap_or_default(),
+                epoch: p.e.clone(),
             };
-            let failed =
-                match tokio::time::timeout(DB_WAIT, store.apply(std::slice::from_ref(&kept))).await
-                {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some("the database did not answer in time".to_string()),
-                };
+            let message = positioned(message, p.o, &p.e);
+            let written = super::write_kept(store, room, &position, message, settings).await;
             // At most a line a second while the database is down.
             static LOG: crate::util::Throttle = crate::util::Throttle::new();
-            if let Some(error) = failed
+            if let Err(error) = written
                 && let Some(held_back) = LOG.pass()
             {
                 tracing::warn!(%room, offset = p.o, %error, held_back, "history: message not persisted");

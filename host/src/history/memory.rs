@@ -90,23 +90,22 @@ impl MemoryHistory {
             .clone();
         let mut log = slot.lock_owned().await;
         if !log.loaded {
-            if let Some(store) = &self.persist {
-                if let Some(kept) = super::read_kept(store, room, settings).await? {
-                    // Positions continue where the kept history ends.
-                    log.epoch = kept.epoch;
-                    log.last = kept.last;
-                    let now = chrono::Utc::now();
-                    log.entries = kept
-                        .entries
-                        .into_iter()
-                        .map(|(o, m, at)| {
-                            let age = (now - at).to_std().unwrap_or_default();
-                            let kept_at =
-                                Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-                            (o, kept_at, m)
-                        })
-                        .collect();
-                }
+            if let Some(store) = &self.persist
+                && let Some(kept) = super::read_kept(store, room, settings).await?
+            {
+                // Positions continue where the kept history ends.
+                log.epoch = kept.epoch;
+                log.last = kept.last;
+                let now = chrono::Utc::now();
+                log.entries = kept
+                    .entries
+                    .into_iter()
+                    .map(|(o, m, at)| {
+                        let age = (now - at).to_std().unwrap_or_default();
+                        let kept_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                        (o, kept_at, m)
+                    })
+                    .collect();
             }
             log.loaded = true;
         }

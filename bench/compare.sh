@@ -23,6 +23,9 @@
 #                policy modules (built with scripts/build-plugins when missing)
 #   policy-redis the same on one instance with Redis (REDIS_URL): the rate limiter's key/value
 #                store is then Redis, one round trip per counted event
+#   policy-fixed both pairs (in memory, over Redis) at one fixed rate (FIXED, default RATE):
+#                server CPU per message with and without the modules, so the per-event cost of
+#                the chain and of its key/value round trips to Redis can be read off
 #   history      nself-realtime only: fan-out --find-max with room history off vs on
 #                (REALTIME_HISTORY_SIZE=HISTORY_SIZE), in memory, and in Redis (one instance
 #                with REDIS_URL, against the same without history)
@@ -30,6 +33,9 @@
 #                fan-out --find-max with the clients spread over both instances
 #   scale        nself-realtime only: fan-out --find-max on one instance vs two instances +
 #                Redis (room members split across the two)
+#   scale-fixed  the same pair at one fixed rate (FIXED, default RATE): the CPU of both
+#                instances and of redis-server per delivery, and the p99 of deliveries whose
+#                sender is on the same instance against those that crossed Redis
 #   storm        join storm: STORM_CLIENTS clients connect as fast as the generator can
 #                (STORM_CONCURRENCY in flight), each joining one of ROOMS rooms right after
 #                its connect answer: time until all joined, join-ack p50/p99, failures
@@ -244,6 +250,17 @@ bench() { # bench OUT_JSON ARGS... (runs the generator pinned, JSON to OUT_JSON)
 fanout_args=(--rooms "$ROOMS" --room-size "$ROOM_SIZE" --senders "$SENDERS" --payload "$PAYLOAD"
   --duration "$DURATION" --source-ips "$SOURCE_IPS")
 
+# redis_pid_args ARRAY: appends `--also-pid <pid>` of the redis-server listening on REDIS_URL's
+# port to ARRAY when it can be seen (same machine), so the generator measures its CPU too.
+redis_pid_args() {
+  local -n args="$1"
+  local port pid
+  port=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port or 6379)' "$REDIS_URL")
+  pid=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  [ -n "$pid" ] && args+=(--also-pid "$pid")
+  return 0
+}
+
 # run_one SCENARIO SIDE ROUND: one server, one generator run.
 run_one() {
   local scenario="$1" side="$2" round="$3" out="$scratch/results/$1-$2-$3.json"
@@ -252,14 +269,15 @@ run_one() {
   [ "$side" = bare ] && port=3501
   url="http://127.0.0.1:$port"
   local -a pidsargs=()
-  case "$side:$scenario" in
+  # A `-fixed` scenario starts its servers as the scenario without the suffix.
+  case "$side:${scenario%-fixed}" in
     rust:policy-examples | rust:policy-examples-redis)
       mkdir -p "$scratch/policy-plugins"
       cp "$root"/plugins/{sanitizer,profanity,room-policy,rate-limiter}.wasm "$scratch/policy-plugins/"
       # The limiter is configured never to refuse: the run measures the cost of the chain.
       printf 'config = %s\n' "'{\"limit\": 1000000000, \"windowMs\": 1000}'" \
         >"$scratch/policy-plugins/rate-limiter.toml"
-      if [ "$scenario" = policy-examples-redis ]; then
+      if [ "${scenario%-fixed}" = policy-examples-redis ]; then
         start_rust "$port" "$scratch/policy-plugins" "$REDIS_URL"
       else
         start_rust "$port" "$scratch/policy-plugins"
@@ -269,7 +287,8 @@ run_one() {
       start_rust "$port" "$scratch/no-plugins" "$REDIS_URL"
       local first=$server_pid
       start_rust $((port + 1)) "$scratch/no-plugins" "$REDIS_URL"
-      pidsargs=(--server-pid "$first" --url "http://127.0.0.1:$((port + 1))")
+      pidsargs=(--server-pid "$first" --also-pid "$server_pid" --url "http://127.0.0.1:$((port + 1))")
+      redis_pid_args pidsargs
       if ! curl -fs "http://127.0.0.1:$port/health" | grep -q '"redis":"ok"'; then
         echo "   note: /health does not report redis ok yet: cross-instance deliveries may be missing" >&2
       fi ;;
@@ -277,7 +296,8 @@ run_one() {
       start_node "$port" "$REDIS_URL"
       local first=$server_pid
       start_node $((port + 1)) "$REDIS_URL"
-      pidsargs=(--server-pid "$first" --url "http://127.0.0.1:$((port + 1))") ;;
+      pidsargs=(--server-pid "$first" --also-pid "$server_pid" --url "http://127.0.0.1:$((port + 1))")
+      redis_pid_args pidsargs ;;
     rust:history-memory)
       local SERVER_ENV="$SERVER_ENV REALTIME_HISTORY_SIZE=$HISTORY_SIZE"
       start_rust "$port" "$scratch/no-plugins" ;;
@@ -295,7 +315,7 @@ run_one() {
     connections)
       bench "$out" connections "${common[@]}" --clients "$CLIENTS" --checkpoints "$CHECKPOINTS" \
         --hold "$HOLD" --source-ips "$SOURCE_IPS" --rooms "$CONN_ROOMS" ;;
-    fanout | fanout-fixed)
+    fanout | *-fixed)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
     fanout-max | policy-* | multi | scale-one | scale-two | history-*)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "$RATE" --find-max \
@@ -309,7 +329,7 @@ run_one() {
       herd "$out" "$side" "$port" "${scenario#herd-}" "${common[@]}" ;;
   esac
   if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ] ||
-    [ "$side:$scenario" = rust:scale-two ]; then
+    [ "$side:${scenario%-fixed}" = rust:scale-two ]; then
     stop_server "$((server_pid))"
     stop_server "$first"
   else
@@ -376,7 +396,10 @@ else:
         print(f"   rate {s['rate']:.0f}: delivered {s['delivered_per_s']:.0f}/s "
               f"({s['completeness']*100:.2f} %), p99 {s['latency']['p99_ms']:.1f} ms, "
               f"ack p99 {s['ack_rtt']['p99_ms']:.1f} ms, server cpu {s['server']['cpu_pct']:.0f} %, "
-              f"gen cpu {s['generator']['cpu_pct']:.0f} %{'' if s['held'] else ' (did not hold)'}")
+              f"gen cpu {s['generator']['cpu_pct']:.0f} %"
+              + (f", p99 local {s['latency_local']['p99_ms']:.1f} / across instances "
+                 f"{s['latency_cross']['p99_ms']:.1f} ms" if s.get('latency_cross', {}).get('count') else "")
+              + ('' if s['held'] else ' (did not hold)'))
 EOF
 }
 
@@ -472,8 +495,23 @@ def figures(r):
         "server CPU %": s["server"]["cpu_pct"],
         "server RSS MiB": s["server"]["rss_kib"] / 1024, "generator CPU %": s["generator"]["cpu_pct"],
     })
+    # Two instances: the second instance's CPU and redis-server's (--also-pid), and the
+    # p99 of deliveries within one instance against those that crossed Redis.
+    also = s.get("also") or []
+    if also:
+        f["second instance CPU %"] = also[0]["cpu_pct"]
+    if len(also) > 1:
+        f["redis-server CPU %"] = also[1]["cpu_pct"]
+    if s.get("latency_cross", {}).get("count"):
+        f["latency p99 ms, same instance"] = s["latency_local"]["p99_ms"]
+        f["latency p99 ms, across instances"] = s["latency_cross"]["p99_ms"]
     # CPU per delivery (per event received in the storms), split as the kernel accounts it.
     per = s["delivered_per_s"]
+    if per > 0 and also:
+        f["all server processes CPU us/delivery"] = (
+            s["server"]["cpu_pct"] + sum(u["cpu_pct"] for u in also)) / 100 * 1e6 / per
+    elif per > 0 and a.startswith("scale") and len(r.get("urls", [])) == 1:
+        f["all server processes CPU us/delivery"] = s["server"]["cpu_pct"] / 100 * 1e6 / per
     if per > 0 and "user_pct" in s["server"]:
         f["server CPU us/delivery"] = s["server"]["cpu_pct"] / 100 * 1e6 / per
         f["of which user us"] = s["server"]["user_pct"] / 100 * 1e6 / per
@@ -491,7 +529,7 @@ mc, kc = median(rc) if rc else ({}, [])
 names = ("nself (examples)", "nself (none)") if b.startswith("policy") else ("nself-realtime", "Node.js")
 if a.startswith("policy-examples"):
     names = ("with modules", "no modules")
-if a == "scale-two":
+if a.startswith("scale-two"):
     names = ("two instances + Redis", "one instance")
 if a.startswith("history"):
     names = ("history on", "history off")
@@ -572,6 +610,18 @@ for scenario in "${scenarios[@]}"; do
         run_one policy-examples-redis rust "$round"
       done
       table "policy over Redis: four example modules vs none, one instance with Redis (module key/value store in Redis)" policy-examples-redis policy-none-redis ;;
+    policy-fixed)
+      for m in sanitizer profanity room-policy rate-limiter; do
+        [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
+      done
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one policy-none-fixed rust "$round"
+        run_one policy-examples-fixed rust "$round"
+        run_one policy-none-redis-fixed rust "$round"
+        run_one policy-examples-redis-fixed rust "$round"
+      done
+      table "policy at ${FIXED:-$RATE} msg/s, in memory: four example modules vs none" policy-examples-fixed policy-none-fixed
+      table "policy at ${FIXED:-$RATE} msg/s, key/value store in Redis: four example modules vs none" policy-examples-redis-fixed policy-none-redis-fixed ;;
     multi) run_pair multi multi "two instances + Redis ($REDIS_URL)" nofloor ;;
     history)
       for ((round = 1; round <= ROUNDS; round++)); do
@@ -596,6 +646,12 @@ for scenario in "${scenarios[@]}"; do
         run_one scale-two rust "$round"
       done
       table "scale: two nself-realtime instances + Redis vs one (members split across instances)" scale-two scale-one ;;
+    scale-fixed)
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one scale-one-fixed rust "$round"
+        run_one scale-two-fixed rust "$round"
+      done
+      table "scale at ${FIXED:-$RATE} msg/s: two nself-realtime instances + Redis vs one" scale-two-fixed scale-one-fixed ;;
     *) die "unknown scenario $scenario" ;;
   esac
 done

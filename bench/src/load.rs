@@ -85,6 +85,10 @@ pub struct LoadOpts {
     /// stops (a transient stall of a shared machine should not end it; every run is reported).
     #[arg(long, default_value_t = 1)]
     pub retries: u32,
+    /// Other processes whose CPU is measured over each step beside the server's (a second
+    /// instance, redis-server); repeatable.
+    #[arg(long = "also-pid")]
+    pub also_pids: Vec<u32>,
 }
 
 impl LoadOpts {
@@ -106,6 +110,7 @@ impl LoadOpts {
             step_factor: 1.25,
             max_steps: 20,
             retries: 1,
+            also_pids: Vec::new(),
         }
     }
 }
@@ -137,6 +142,11 @@ pub struct StepReport {
     pub delivered_per_s: f64,
     /// End-to-end latency of `message:new` (fanout).
     pub latency: Percentiles,
+    /// With several `--url`s: the latency of deliveries whose sender is on the receiver's
+    /// instance (local) and on another instance (across Redis). One URL: all are local.
+    pub latency_local: Percentiles,
+    /// See `latency_local`.
+    pub latency_cross: Percentiles,
     /// Ack round trip.
     pub ack_rtt: Percentiles,
     /// Milliseconds from the end of sending until every expected delivery arrived (or the
@@ -146,6 +156,8 @@ pub struct StepReport {
     pub server: ProcUsage,
     /// The generator's own CPU and RSS.
     pub generator: ProcUsage,
+    /// CPU and RSS of each `--also-pid`, in that order.
+    pub also: Vec<ProcUsage>,
     /// `/proc/loadavg` at the start of the step.
     pub loadavg: String,
     /// Whether the step held (100 % delivery, no failed or missing ack, p99 within the limit,
@@ -192,6 +204,8 @@ struct Shared {
     acks_err: AtomicU64,
     delivered: AtomicU64,
     latency: Hist,
+    latency_local: Hist,
+    latency_cross: Hist,
     ack_rtt: Hist,
     first_error: Mutex<Option<String>>,
     ready: AtomicU64,
@@ -206,6 +220,8 @@ impl Shared {
         self.acks_err.store(0, Ordering::Relaxed);
         self.delivered.store(0, Ordering::Relaxed);
         self.latency.reset();
+        self.latency_local.reset();
+        self.latency_cross.reset();
         self.ack_rtt.reset();
         *self.first_error.lock().expect("lock") = None;
     }
@@ -251,6 +267,7 @@ pub async fn run(kind: Kind, opts: &LoadOpts) -> anyhow::Result<LoadReport> {
         let sender_index = member * opts.rooms + room;
         let spec = TaskSpec {
             index: i,
+            instance: b'A' + (i % targets.len()).min(25) as u8,
             room: format!("{}{room}", opts.room_prefix),
             sender: (sender_index < senders).then_some(sender_index),
             senders,
@@ -387,6 +404,11 @@ async fn measure_step(
     shared.reset();
     let loadavg = sys::loadavg();
     let server_cpu = CpuWindow::start(server_pid);
+    let also_cpu: Vec<CpuWindow> = opts
+        .also_pids
+        .iter()
+        .map(|p| CpuWindow::start(Some(*p)))
+        .collect();
     let own_cpu = CpuWindow::start(Some(std::process::id()));
     let t0 = Instant::now();
     let _ = ctl.send(Phase {
@@ -402,6 +424,7 @@ async fn measure_step(
     });
     let window = t0.elapsed().as_secs_f64();
     let server = server_cpu.finish();
+    let also = also_cpu.iter().map(CpuWindow::finish).collect();
     let generator = own_cpu.finish();
     // Senders that were due when the phase changed may still send: `sent` and `expected` are
     // read again while draining.
@@ -471,10 +494,13 @@ async fn measure_step(
         completeness,
         delivered_per_s: delivered as f64 / window,
         latency,
+        latency_local: shared.latency_local.percentiles(),
+        latency_cross: shared.latency_cross.percentiles(),
         ack_rtt,
         drain_ms,
         server,
         generator,
+        also,
         loadavg,
         held,
     }
@@ -482,10 +508,23 @@ async fn measure_step(
 
 /// One line per step for the terminal.
 pub fn step_line(s: &StepReport) -> String {
+    let cross = if s.latency_cross.count > 0 {
+        format!(
+            ", p99 local {:.1} / across instances {:.1} ms",
+            s.latency_local.p99_ms, s.latency_cross.p99_ms
+        )
+    } else {
+        String::new()
+    };
+    let also: String = s
+        .also
+        .iter()
+        .map(|u| format!(", also-pid cpu {:.0} %", u.cpu_pct))
+        .collect();
     format!(
         "rate {:.0}/s: sent {:.0}/s, delivered {:.0}/s ({:.2} %), latency p50 {:.1} p90 {:.1} \
-         p99 {:.1} max {:.1} ms, ack p50 {:.1} p99 {:.1} ms, acks ok {} err {} missing {}, \
-         server cpu {:.0} % rss {} MiB, generator cpu {:.0} %, load {}{}",
+         p99 {:.1} max {:.1} ms{cross}, ack p50 {:.1} p99 {:.1} ms, acks ok {} err {} missing {}, \
+         server cpu {:.0} % rss {} MiB{also}, generator cpu {:.0} %, load {}{}",
         s.rate,
         s.sent_per_s,
         s.delivered_per_s,
@@ -509,6 +548,9 @@ pub fn step_line(s: &StepReport) -> String {
 
 struct TaskSpec {
     index: usize,
+    /// The instance (index of its `--url`) this client is connected to, as a letter written
+    /// after the timestamp in each message it sends (`A` for the first).
+    instance: u8,
     room: String,
     /// Sender number (0..senders) when this client sends.
     sender: Option<usize>,
@@ -554,7 +596,7 @@ async fn client_task(
                     break;
                 }
                 let seen = conn.process(|t| {
-                    on_text(t, spec.kind, &shared, &mut pending, &mut server_closed)
+                    on_text(t, spec.kind, spec.instance, &shared, &mut pending, &mut server_closed)
                 });
                 if seen.closed || server_closed || conn.flush().await.is_err() {
                     break;
@@ -588,7 +630,7 @@ async fn client_task(
                 let id = next_id;
                 next_id += 1;
                 let t = now_us();
-                build_frame(&mut frame, spec.kind, id, &spec.room, t, spec.payload, flip);
+                build_frame(&mut frame, &spec, id, t, flip);
                 flip = !flip;
                 pending.push_back((id, t));
                 if conn.send_text(&frame).await.is_err() {
@@ -632,16 +674,9 @@ async fn setup(
     Ok(conn)
 }
 
-fn build_frame(
-    out: &mut Vec<u8>,
-    kind: Kind,
-    id: u64,
-    room: &str,
-    t: u64,
-    payload: usize,
-    flip: bool,
-) {
+fn build_frame(out: &mut Vec<u8>, spec: &TaskSpec, id: u64, t: u64, flip: bool) {
     use std::io::Write;
+    let (kind, room, payload, instance) = (spec.kind, &spec.room, spec.payload, spec.instance);
     out.clear();
     let _ = match kind {
         Kind::Fanout => {
@@ -649,7 +684,10 @@ fn build_frame(
                 out,
                 r#"42{id}["message:send",{{"roomName":"{room}","content":"{t:016}"#
             );
-            out.resize(out.len() + payload.saturating_sub(16), b'x');
+            if payload > 16 {
+                out.push(instance);
+            }
+            out.resize(out.len() + payload.saturating_sub(17), b'x');
             write!(out, r#""}}]"#)
         }
         Kind::Typing => {
@@ -671,6 +709,7 @@ fn build_frame(
 fn on_text(
     t: &[u8],
     kind: Kind,
+    instance: u8,
     shared: &Shared,
     pending: &mut VecDeque<(u64, u64)>,
     server_closed: &mut bool,
@@ -680,9 +719,16 @@ fn on_text(
             Kind::Fanout => {
                 if rest.starts_with(b"message:new\"") {
                     if let Some(at) = find(rest, b"\"content\":\"")
-                        && let Some((sent_at, _)) = parse_digits(&rest[at + 11..])
+                        && let Some((sent_at, n)) = parse_digits(&rest[at + 11..])
                     {
-                        shared.latency.record(now_us().saturating_sub(sent_at));
+                        let us = now_us().saturating_sub(sent_at);
+                        shared.latency.record(us);
+                        match rest.get(at + 11 + n) {
+                            Some(&from) if from.is_ascii_uppercase() && from != instance => {
+                                shared.latency_cross.record(us)
+                            }
+                            _ => shared.latency_local.record(us),
+                        }
                     }
                     true
                 } else {
@@ -760,13 +806,23 @@ mod tests {
     #[test]
     fn message_frames_have_the_exact_content_length() {
         let mut f = Vec::new();
-        build_frame(&mut f, Kind::Fanout, 7, "bench-0", 42, 64, false);
+        let spec = TaskSpec {
+            index: 1,
+            instance: b'B',
+            room: "bench-0".into(),
+            sender: Some(0),
+            senders: 1,
+            payload: 64,
+            kind: Kind::Fanout,
+        };
+        build_frame(&mut f, &spec, 7, 42, false);
         let s = String::from_utf8(f).unwrap();
         assert!(s.starts_with(
             r#"427["message:send",{"roomName":"bench-0","content":"0000000000000042"#
         ));
         let v: serde_json::Value = serde_json::from_str(&s[3..]).unwrap();
         assert_eq!(v[1]["content"].as_str().unwrap().len(), 64);
+        assert!(s.contains(r#""content":"0000000000000042Bx"#));
     }
 
     #[test]
@@ -781,6 +837,7 @@ mod tests {
         on_text(
             msg.as_bytes(),
             Kind::Fanout,
+            b'A',
             &shared,
             &mut pending,
             &mut closed,
@@ -788,24 +845,50 @@ mod tests {
         on_text(
             br#"432[{"success":true,"data":{}}]"#,
             Kind::Fanout,
+            b'A',
             &shared,
             &mut pending,
             &mut closed,
         );
         assert_eq!(shared.delivered.load(Ordering::Relaxed), 1);
         assert_eq!(shared.latency.percentiles().count, 1);
+        assert_eq!(shared.latency_local.percentiles().count, 1);
+        assert_eq!(shared.latency_cross.percentiles().count, 0);
+        // A message sent through the second instance counts as a cross-instance delivery.
+        let cross = format!(
+            r#"42["message:new",{{"roomName":"r","userId":"u","content":"{:016}Bx","messageId":"2"}}]"#,
+            now_us()
+        );
+        on_text(
+            cross.as_bytes(),
+            Kind::Fanout,
+            b'A',
+            &shared,
+            &mut VecDeque::new(),
+            &mut closed,
+        );
+        assert_eq!(shared.latency_cross.percentiles().count, 1);
+        assert_eq!(shared.latency.percentiles().count, 2);
         assert_eq!(shared.acks_ok.load(Ordering::Relaxed), 1);
         assert_eq!(shared.ack_rtt.percentiles().count, 1);
         assert!(pending.is_empty());
         on_text(
             br#"433[{"success":false,"error":{"code":"MUTED"}}]"#,
             Kind::Fanout,
+            b'A',
             &shared,
             &mut pending,
             &mut closed,
         );
         assert_eq!(shared.acks_err.load(Ordering::Relaxed), 1);
-        on_text(b"41", Kind::Fanout, &shared, &mut pending, &mut closed);
+        on_text(
+            b"41",
+            Kind::Fanout,
+            b'A',
+            &shared,
+            &mut pending,
+            &mut closed,
+        );
         assert!(closed);
     }
 }

@@ -166,3 +166,176 @@ impl Drop for PrivateRedis {
         }
     }
 }
+
+/// A Redis Cluster of one test: `masters` `redis-server`s with `--cluster-enabled yes` on
+/// loopback (no replicas, no persistence), formed with `redis-cli --cluster create`. A master
+/// may be killed and started again on its port (it keeps its `nodes.conf`, so it rejoins with
+/// its slots, empty).
+pub struct PrivateCluster {
+    /// Client port of each master.
+    pub ports: Vec<u16>,
+    bus: Vec<u16>,
+    dir: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+}
+
+impl PrivateCluster {
+    /// Starts the masters, forms the cluster and waits until every node reports
+    /// `cluster_state:ok` (30 s at most).
+    pub async fn start(masters: usize) -> PrivateCluster {
+        let mut c = PrivateCluster {
+            ports: (0..masters).map(|_| crate::free_port()).collect(),
+            bus: (0..masters).map(|_| crate::free_port()).collect(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            children: (0..masters).map(|_| None).collect(),
+        };
+        for i in 0..masters {
+            c.spawn(i).await;
+        }
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli must be installed (Debian package redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.wait_ok().await;
+        c
+    }
+
+    /// `redis://127.0.0.1:<port>` of master `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// The seed list for `REALTIME_REDIS_CLUSTER`: every master, comma-separated.
+    pub fn seeds(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    async fn spawn(&mut self, i: usize) {
+        let port = self.ports[i];
+        let dir = self.dir.path().join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir).expect("node dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--cluster-port", &self.bus[i].to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])
+            .args(["--cluster-node-timeout", "2000"])
+            .args(["--enable-debug-command", "local", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian package redis-server)");
+        self.children[i] = Some(child);
+        let url = self.url(i);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while command(&url, &["PING"]).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "cluster node on port {port} did not answer within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running node says `cluster_state:ok` (30 s at most).
+    pub async fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ok = true;
+            for i in 0..self.ports.len() {
+                if self.children[i].is_none() {
+                    continue;
+                }
+                let info = self.command(i, &["CLUSTER", "INFO"]).await;
+                let state = match info {
+                    Ok(v) => redis::from_redis_value::<String>(v).unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                ok &= state.contains("cluster_state:ok");
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private Redis Cluster did not reach cluster_state:ok within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs one command on master `i`.
+    pub async fn command(&self, i: usize, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        command(&self.url(i), args).await
+    }
+
+    /// The master (index) that serves `key`'s slot.
+    pub async fn master_of(&self, key: &str) -> Option<usize> {
+        let slot: i64 =
+            redis::from_redis_value(self.command(0, &["CLUSTER", "KEYSLOT", key]).await.ok()?)
+                .ok()?;
+        let slots = self.command(0, &["CLUSTER", "SLOTS"]).await.ok()?;
+        let redis::Value::Array(ranges) = slots else {
+            return None;
+        };
+        for r in ranges {
+            let redis::Value::Array(r) = r else { continue };
+            let (Some(lo), Some(hi), Some(redis::Value::Array(node))) =
+                (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            let lo: i64 = redis::from_redis_value_ref(lo).ok()?;
+            let hi: i64 = redis::from_redis_value_ref(hi).ok()?;
+            if (lo..=hi).contains(&slot) {
+                let port: i64 = redis::from_redis_value_ref(node.get(1)?).ok()?;
+                return self.ports.iter().position(|p| i64::from(*p) == port);
+            }
+        }
+        None
+    }
+
+    /// Kills master `i` (SIGKILL: its keys are lost, its slots uncovered until it is back).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts master `i` again on its port and waits for the cluster to be whole.
+    pub async fn restart(&mut self, i: usize) {
+        self.spawn(i).await;
+        self.wait_ok().await;
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut() {
+            if let Some(mut child) = child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -106,8 +106,9 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// `REALTIME_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (default none).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// `REALTIME_REDIS_URL` (optional; everything in-process when unset).
-    pub redis_url: Option<String>,
+    /// `REALTIME_REDIS_URL` (one server) or `REALTIME_REDIS_CLUSTER` (a Redis Cluster's seed
+    /// nodes); everything in-process when neither is set.
+    pub redis: Option<RedisTarget>,
     /// `REALTIME_REDIS_PREFIX` (default `nself-realtime`): prefix of the Redis keys and
     /// channels; the instances of one cluster share it.
     pub redis_prefix: String,
@@ -417,7 +418,7 @@ impl Config {
                 var: "REALTIME_TRUSTED_PROXIES",
                 reason: e,
             })?,
-            redis_url: redis_url(&v)?,
+            redis: redis_target(&v)?,
             redis_prefix: redis_prefix(&v)?,
             database_url: database_url(&v)?,
             max_connections: v.positive("REALTIME_MAX_CONNECTIONS", 10_000usize)?,
@@ -619,16 +620,55 @@ fn parse_event_types(raw: &str) -> EventLogFilter {
     }
 }
 
-/// `REALTIME_REDIS_URL`, checked now so that a typo stops the start with its name.
-fn redis_url(v: &Vars) -> Result<Option<String>, ConfigError> {
-    let Some(url) = v.raw("REALTIME_REDIS_URL") else {
-        return Ok(None);
-    };
+/// Where the scale-out state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis server (or a primary behind Sentinel): `REALTIME_REDIS_URL`.
+    Server(String),
+    /// A Redis Cluster, by the URLs of some of its nodes: `REALTIME_REDIS_CLUSTER`.
+    Cluster(Vec<String>),
+}
+
+/// `REALTIME_REDIS_URL` or `REALTIME_REDIS_CLUSTER` (not both), checked now so that a typo
+/// stops the start with its name.
+fn redis_target(v: &Vars) -> Result<Option<RedisTarget>, ConfigError> {
+    match (v.raw("REALTIME_REDIS_URL"), v.raw("REALTIME_REDIS_CLUSTER")) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ConfigError::Rule {
+            var: "REALTIME_REDIS_CLUSTER",
+            reason: "set together with REALTIME_REDIS_URL: set REALTIME_REDIS_URL for one Redis \
+                     server or REALTIME_REDIS_CLUSTER for a Redis Cluster, not both"
+                .into(),
+        }),
+        (Some(url), None) => Ok(Some(RedisTarget::Server(redis_url(
+            "REALTIME_REDIS_URL",
+            url,
+        )?))),
+        (None, Some(list)) => {
+            let seeds = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| redis_url("REALTIME_REDIS_CLUSTER", s.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            if seeds.is_empty() {
+                return Err(ConfigError::Rule {
+                    var: "REALTIME_REDIS_CLUSTER",
+                    reason: "no node URL; expected redis://host:port[,redis://host:port…]".into(),
+                });
+            }
+            Ok(Some(RedisTarget::Cluster(seeds)))
+        }
+    }
+}
+
+/// One Redis URL of `var`.
+fn redis_url(var: &'static str, url: String) -> Result<String, ConfigError> {
     match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
-        Ok(_) => Ok(Some(url)),
+        Ok(_) => Ok(url),
         // The value is not echoed: it may carry a password.
         Err(e) => Err(ConfigError::Rule {
-            var: "REALTIME_REDIS_URL",
+            var,
             reason: format!(
                 "not a Redis URL ({e}); expected redis://[:password@]host[:port][/db] or rediss://…"
             ),
@@ -761,7 +801,7 @@ mod tests {
             "rediss://cache.example.com:6380",
         ] {
             let c = cfg(&[("REALTIME_REDIS_URL", url)]).unwrap();
-            assert_eq!(c.redis_url.as_deref(), Some(url));
+            assert_eq!(c.redis, Some(RedisTarget::Server(url.to_string())));
         }
         assert_eq!(cfg(&[]).unwrap().redis_prefix, "nself-realtime");
         let err = cfg(&[("REALTIME_REDIS_URL", "redis://:hunter2@host:bad")])
@@ -772,6 +812,39 @@ mod tests {
             !err.contains("hunter2"),
             "the password must not be echoed: {err}"
         );
+    }
+
+    #[test]
+    fn redis_cluster_seeds_and_conflicts() {
+        let c = cfg(&[(
+            "REALTIME_REDIS_CLUSTER",
+            "redis://10.0.0.1:7000, redis://:pw@10.0.0.2:7001,",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.redis,
+            Some(RedisTarget::Cluster(vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://:pw@10.0.0.2:7001".into()
+            ]))
+        );
+        let both = cfg(&[
+            ("REALTIME_REDIS_URL", "redis://cache:6379"),
+            ("REALTIME_REDIS_CLUSTER", "redis://10.0.0.1:7000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            both.contains("REALTIME_REDIS_URL") && both.contains("REALTIME_REDIS_CLUSTER"),
+            "{both}"
+        );
+        for bad in [",", "redis://:hunter2@host:bad,redis://ok:1"] {
+            let err = cfg(&[("REALTIME_REDIS_CLUSTER", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("REALTIME_REDIS_CLUSTER"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub struct Metrics {
     pub plugin_accepted_dropped: Family<ModuleLabel, Counter>,
     /// Whether Redis answers (1) or not (0); 0 as well when it is not configured.
     pub redis_up: Gauge,
+    /// Redis Cluster mode: hash slots served by a reachable master (16384 when whole).
+    pub redis_cluster_slots_ok: Gauge,
+    /// Redis Cluster mode: nodes the cluster knows.
+    pub redis_cluster_nodes: Gauge,
     /// Broadcasts published to the other instances.
     pub redis_published: Counter,
     /// Cross-instance messages lost: not published (Redis down, queue full) or received and
@@ -294,6 +298,8 @@ impl Metrics {
             plugin_verdicts: Family::default(),
             plugin_accepted_dropped: Family::default(),
             redis_up: Gauge::default(),
+            redis_cluster_slots_ok: Gauge::default(),
+            redis_cluster_nodes: Gauge::default(),
             redis_published: Counter::default(),
             redis_dropped: Family::default(),
             redis_reconnects: Counter::default(),
@@ -438,6 +444,16 @@ impl Metrics {
             "redis_up",
             "Whether Redis answers (scale-out)",
             m.redis_up.clone(),
+        );
+        registry.register(
+            "redis_cluster_slots_ok",
+            "Redis Cluster mode: hash slots served by a reachable master",
+            m.redis_cluster_slots_ok.clone(),
+        );
+        registry.register(
+            "redis_cluster_nodes",
+            "Redis Cluster mode: nodes the cluster knows",
+            m.redis_cluster_nodes.clone(),
         );
         registry.register(
             "redis_published",

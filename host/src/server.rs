@@ -77,9 +77,9 @@ pub async fn run(
         Some(directory.clone()),
         writer_stop.clone(),
     );
-    let cluster = match &config.redis_url {
-        Some(url) => Some(Cluster::start(
-            url,
+    let cluster = match &config.redis {
+        Some(target) => Some(Cluster::start(
+            target,
             &config.redis_prefix,
             &node_id,
             config.node_lease,

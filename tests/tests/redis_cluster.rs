@@ -1,13 +1,18 @@
-//! The private Redis Cluster that the cluster-mode tests run on (issue 20): three masters formed
-//! by the test itself on loopback. Checks what those tests rely on: the cluster forms, a hash tag
-//! keeps one room's keys on one master while different rooms spread over all of them, and a
-//! master killed and started again on its port takes its slots back (its keys lost, as after a
-//! crash without persistence).
+//! Scale-out on a Redis Cluster (`REALTIME_REDIS_CLUSTER`), on a private cluster of three
+//! masters that each test forms on loopback:
+//! - the harness itself: a hash tag keeps one room's keys on one master while rooms spread over
+//!   all of them, and a killed master started again on its port takes its slots back, empty;
+//! - three instances share rooms, messages, presence and typing through the cluster, report it
+//!   in `/health`, `/metrics` and `init`, and keep every key in the prefix's one slot;
+//! - the master holding that slot killed mid-traffic and started again: local delivery goes on,
+//!   `/health` says so, and cross-instance delivery and presence come back.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use nself_realtime_tests::redis::PrivateCluster;
+use nself_realtime_tests::redis::{PrivateCluster, unique_prefix};
+use nself_realtime_tests::{SioClient, TestHost, ms};
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_private_cluster_forms_spreads_rooms_and_survives_a_master_restart() {
@@ -83,4 +88,283 @@ async fn a_private_cluster_forms_spreads_rooms_and_survives_a_master_restart() {
         redis::Value::Nil,
         "a restart without persistence lost the key"
     );
+}
+
+/// `n` instances on the cluster, one SQLite file, one unique prefix.
+struct Instances {
+    hosts: Vec<TestHost>,
+    prefix: String,
+    _db: tempfile::TempDir,
+}
+
+impl Instances {
+    async fn start(c: &PrivateCluster, tag: &str, n: usize) -> Instances {
+        let prefix = unique_prefix(tag);
+        let db = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/cluster.db", db.path().display());
+        let seeds = c.seeds();
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let node = format!("{prefix}-{i}");
+            hosts.push(
+                TestHost::start(&[
+                    ("REALTIME_REDIS_CLUSTER", &seeds),
+                    ("REALTIME_REDIS_PREFIX", &prefix),
+                    ("REALTIME_NODE_ID", &node),
+                    ("DATABASE_URL", &url),
+                ])
+                .await,
+            );
+        }
+        let me = Instances {
+            hosts,
+            prefix,
+            _db: db,
+        };
+        me.wait_redis("ok", ms(15_000)).await;
+        me
+    }
+
+    /// Every instance's `/health` says `checks.redis == want` within `limit`.
+    async fn wait_redis(&self, want: &str, limit: Duration) {
+        for h in &self.hosts {
+            let deadline = Instant::now() + limit;
+            loop {
+                let health = h.http_request("/health", &[]).await.json();
+                if health["checks"]["redis"] == want {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "redis never {want}: {health}");
+                tokio::time::sleep(ms(100)).await;
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        for h in &mut self.hosts {
+            let _ = h.shutdown().await;
+        }
+    }
+}
+
+fn of(user: &'static str) -> impl Fn(&Value) -> bool {
+    move |v: &Value| v["userId"] == user
+}
+
+/// A message from `from` reaches `to` (and nothing is doubled).
+async fn delivered(from: &mut SioClient, to: &mut SioClient, text: &str) -> bool {
+    let ack = from.send_message("general", text).await;
+    if ack["success"] != json!(true) {
+        return false;
+    }
+    to.next_event_where("message:new", ms(3000), |m| m["content"] == text)
+        .await
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster() {
+    let c = PrivateCluster::start(3).await;
+    let s = Instances::start(&c, "rc", 3).await;
+
+    // Rooms and messages across instances.
+    let mut a = s.hosts[0].joined("alice", "general").await;
+    let mut b = s.hosts[1].joined("bob", "general").await;
+    a.next_event_where("user:joined", ms(3000), of("bob"))
+        .await
+        .expect("alice (instance 0) sees bob join on instance 1");
+    let mut d = s.hosts[2].joined("dora", "general").await;
+    for (who, client) in [("alice", &mut a), ("bob", &mut b)] {
+        client
+            .next_event_where("user:joined", ms(3000), of("dora"))
+            .await
+            .unwrap_or_else(|| panic!("{who} sees dora join on instance 2"));
+    }
+    let ack = a.send_message("general", "hello cluster").await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+    for (who, client) in [("alice", &mut a), ("bob", &mut b), ("dora", &mut d)] {
+        let m = client
+            .next_event("message:new", ms(3000))
+            .await
+            .unwrap_or_else(|| panic!("{who} gets the message"));
+        assert_eq!(m["content"], "hello cluster", "{who}: {m}");
+        client.expect_none("message:new", ms(300)).await;
+    }
+
+    // Typing crosses instances.
+    a.emit("typing:start", json!({"roomName": "general"}));
+    let t = d
+        .next_event("typing:event", ms(3000))
+        .await
+        .expect("dora sees alice typing");
+    assert_eq!(t["roomName"], "general", "{t}");
+
+    // Presence: one user on two instances is online once, offline once.
+    let mut obs = s.hosts[2].client("observer").await;
+    let u0 = s.hosts[0].client("ursula").await;
+    let online = obs
+        .next_event_where("presence:changed", ms(3000), of("ursula"))
+        .await
+        .expect("online");
+    assert_eq!(online["status"], "online", "{online}");
+    let u1 = s.hosts[1].client("ursula").await;
+    obs.expect_none_where("presence:changed", ms(500), of("ursula"))
+        .await;
+    u0.close().await;
+    obs.expect_none_where("presence:changed", ms(500), of("ursula"))
+        .await;
+    u1.close().await;
+    let offline = obs
+        .next_event_where("presence:changed", ms(3000), of("ursula"))
+        .await
+        .expect("offline after the last socket");
+    assert_eq!(offline["status"], "offline", "{offline}");
+
+    // Every key of the instances lives in the prefix's one slot, on one master.
+    let tag = format!("{{{}}}", s.prefix);
+    let owner = c.master_of(&tag).await.expect("owner of the prefix's slot");
+    let slot: i64 = redis::from_redis_value(
+        c.command(0, &["CLUSTER", "KEYSLOT", &tag])
+            .await
+            .expect("KEYSLOT"),
+    )
+    .expect("a number");
+    let here: i64 = redis::from_redis_value(
+        c.command(owner, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
+            .await
+            .expect("COUNTKEYSINSLOT"),
+    )
+    .expect("a number");
+    assert!(here > 0, "the instances' keys are in slot {slot}");
+    for i in 0..3 {
+        let keys = c
+            .command(i, &["KEYS", &format!("*{}*", s.prefix)])
+            .await
+            .expect("KEYS");
+        let redis::Value::Array(keys) = keys else {
+            panic!("KEYS answers a list")
+        };
+        if i == owner {
+            assert_eq!(keys.len() as i64, here, "every key is in the one slot");
+        } else {
+            assert!(keys.is_empty(), "master {i} holds none of them: {keys:?}");
+        }
+    }
+
+    // /health and /metrics report the cluster.
+    let health = s.hosts[0].http_request("/health", &[]).await.json();
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["redisCluster"]["state"], "ok", "{health}");
+    assert_eq!(health["redisCluster"]["slotsOk"], 16384, "{health}");
+    assert_eq!(health["redisCluster"]["masters"], 3, "{health}");
+    let prom = s.hosts[0]
+        .http_request("/metrics", &[("accept", "text/plain")])
+        .await
+        .body;
+    assert!(prom.contains("realtime_redis_up 1"), "{prom}");
+    assert!(
+        prom.contains("realtime_redis_cluster_slots_ok 16384"),
+        "{prom}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_of_the_prefix_killed_and_restarted_mid_traffic() {
+    let mut c = PrivateCluster::start(3).await;
+    let s = Instances::start(&c, "rc-kill", 2).await;
+    let mut a = s.hosts[0].joined("alice", "general").await;
+    let mut a2 = s.hosts[0].joined("amy", "general").await;
+    let mut b = s.hosts[1].joined("bob", "general").await;
+    assert!(
+        delivered(&mut a, &mut b, "before").await,
+        "across instances"
+    );
+
+    let owner = c
+        .master_of(&format!("{{{}}}", s.prefix))
+        .await
+        .expect("owner");
+    c.kill(owner);
+    s.wait_redis("down", ms(10_000)).await;
+    // Local delivery goes on while the cluster is down.
+    for i in 0..5 {
+        let text = format!("local {i}");
+        assert!(
+            delivered(&mut a, &mut a2, &text).await,
+            "{text} within instance 0"
+        );
+    }
+    let health = s.hosts[0].http_request("/health", &[]).await.json();
+    assert_eq!(health["status"], "degraded", "{health}");
+
+    c.restart(owner).await;
+    let back = Instant::now();
+    s.wait_redis("ok", ms(15_000)).await;
+    // Cross-instance delivery resumes (the first try may still race the resubscription).
+    let mut ok = false;
+    for i in 0..20 {
+        if delivered(&mut a, &mut b, &format!("after {i}")).await {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "cross-instance delivery after the master is back");
+    println!(
+        "cross-instance delivery back {:?} after the restart",
+        back.elapsed()
+    );
+    // Presence was re-asserted into the empty master: bob's second socket does not announce
+    // him again, and a newcomer is announced across instances.
+    let mut obs = s.hosts[0].client("observer").await;
+    let _n = s.hosts[1].client("nina").await;
+    let seen = obs
+        .next_event_where("presence:changed", ms(3000), of("nina"))
+        .await
+        .expect("nina online across instances");
+    assert_eq!(seen["status"], "online", "{seen}");
+    let _b2 = s.hosts[0].client("bob").await;
+    obs.expect_none_where("presence:changed", ms(800), of("bob"))
+        .await;
+    s.stop().await;
+}
+
+#[test]
+fn init_reports_the_cluster_and_both_variables_are_refused() {
+    use nself_realtime_tests::process::{cli, run_cli};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let c = rt.block_on(PrivateCluster::start(3));
+    let db = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/init.db", db.path().display());
+    let seeds = c.seeds();
+    let out = cli(
+        &[("DATABASE_URL", &url), ("REALTIME_REDIS_CLUSTER", &seeds)],
+        &["init", "--json"],
+    );
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["redis"], "ok", "{v}");
+    let out = cli(
+        &[("DATABASE_URL", &url), ("REALTIME_REDIS_CLUSTER", &seeds)],
+        &["init"],
+    );
+    assert!(
+        out.contains("3/3 seed nodes answer, state ok, 16384/16384 slots covered, 3 masters"),
+        "{out}"
+    );
+    let both = run_cli(
+        &[
+            ("DATABASE_URL", &url),
+            ("REALTIME_REDIS_CLUSTER", &seeds),
+            ("REALTIME_REDIS_URL", "redis://127.0.0.1:6379"),
+        ],
+        &["init"],
+    );
+    assert!(!both.status.success(), "both set must stop the start");
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        err.contains("REALTIME_REDIS_URL") && err.contains("REALTIME_REDIS_CLUSTER"),
+        "{err}"
+    );
+    drop(c);
+    drop(rt);
 }

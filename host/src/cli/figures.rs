@@ -13,21 +13,24 @@ use crate::store::Store;
 pub async fn init(config: &Config, store: &Store, json: bool) -> anyhow::Result<()> {
     // Scaled out: Redis is checked too (a server starts without it, degraded, so an
     // unreachable Redis is a warning here, not a failure).
-    let redis = match &config.redis_url {
+    let redis = match &config.redis {
         None => "disabled",
-        Some(url) => {
+        Some(target) => {
             if !json {
                 outln!("Checking Redis...");
             }
-            if crate::cluster::ping(url).await {
-                "ok"
+            let (status, line) = crate::cluster::probe(target).await;
+            if status == "ok" {
+                if !json {
+                    outln!("{line}");
+                }
             } else {
                 eprintln!(
-                    "Warning: Redis at REALTIME_REDIS_URL does not answer; servers will \
-                         run degraded (local delivery only) until it does"
+                    "Warning: {line}; servers will run degraded (local delivery only) until \
+                     it answers"
                 );
-                "unreachable"
             }
+            status
         }
     };
     if !json {

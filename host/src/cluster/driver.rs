@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ struct Inner {
     handlers: RwLock<HashMap<String, mpsc::Sender<ChanItem>>>,
     sink: Mutex<Option<PubSubSink>>,
     connected: AtomicBool,
+    /// Which node the subscriber connects through (cluster mode: the seeds in turn, moving on
+    /// after a failed connect).
+    attempt: AtomicUsize,
     out: mpsc::Sender<(String, Vec<u8>)>,
 }
 
@@ -66,11 +69,16 @@ impl PubSubDriver {
     /// Starts the publisher and the subscriber supervisor; both stop with `stop`.
     pub fn start(redis: Arc<RedisConn>, stop: CancellationToken) -> PubSubDriver {
         let (out, rx) = mpsc::channel(PUBLISH_QUEUE);
+        // Instances of a Redis Cluster spread their subscribers over the seed nodes.
+        let first = redis.node.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
         let inner = Arc::new(Inner {
             redis,
             handlers: RwLock::new(HashMap::new()),
             sink: Mutex::new(None),
             connected: AtomicBool::new(false),
+            attempt: AtomicUsize::new(first),
             out,
         });
         tokio::spawn(publisher(inner.clone(), rx, stop.clone()));
@@ -164,19 +172,11 @@ impl Driver for PubSubDriver {
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
-        let counts: Option<(String, u16)> = self
-            .inner
+        self.inner
             .redis
-            .call(async |c| {
-                redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg(chan)
-                    .query_async(c)
-                    .await
-            })
-            .await;
-        counts
-            .map(|(_, n)| n)
+            .numsub(chan)
+            .await
+            .map(|n| u16::try_from(n).unwrap_or(u16::MAX))
             .ok_or_else(|| DriverError("redis is unreachable".into()))
     }
 }
@@ -205,7 +205,10 @@ async fn publisher(
         for (chan, payload) in batch.drain(..) {
             pipe.cmd("PUBLISH").arg(chan).arg(payload).ignore();
         }
-        let mut conn = inner.redis.cmd.clone();
+        let Some(mut conn) = inner.redis.conn() else {
+            inner.dropped("out", n);
+            continue;
+        };
         match tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {
                 inner.redis.metrics.redis_published.inc_by(n);
@@ -224,11 +227,20 @@ async fn publisher(
 
 /// Subscribes `channels` on a fresh connection; None when Redis does not answer.
 async fn connect(inner: &Inner) -> Option<(PubSubSink, redis::aio::PubSubStream)> {
-    let pubsub = tokio::time::timeout(IO_TIMEOUT, inner.redis.client.get_async_pubsub())
-        .await
-        .ok()?
-        .map_err(|e| tracing::debug!(error = %e, "redis pub/sub connect failed"))
-        .ok()?;
+    let client = inner
+        .redis
+        .pubsub_client(inner.attempt.load(Ordering::Relaxed));
+    let pubsub = match tokio::time::timeout(IO_TIMEOUT, client.get_async_pubsub()).await {
+        Ok(Ok(p)) => p,
+        failed => {
+            if let Ok(Err(e)) = failed {
+                tracing::debug!(error = %e, "redis pub/sub connect failed");
+            }
+            // Next time through another node (cluster mode; one server: the same).
+            inner.attempt.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+    };
     let (mut sink, stream) = pubsub.split();
     let channels = inner.channels();
     if !channels.is_empty() {
@@ -247,16 +259,24 @@ async fn missing(inner: &Inner) -> Option<Vec<String>> {
     if channels.is_empty() {
         return Some(Vec::new());
     }
-    let counts: Vec<redis::Value> = inner
-        .redis
-        .call(async |c| {
-            redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&channels)
-                .query_async(c)
-                .await
-        })
-        .await?;
+    let mut numsub = redis::cmd("PUBSUB");
+    numsub.arg("NUMSUB").arg(&channels);
+    let counts: Vec<redis::Value> = if inner.redis.is_cluster() {
+        // A node counts only its own subscribers: ask the one this subscriber is on.
+        let client = inner
+            .redis
+            .pubsub_client(inner.attempt.load(Ordering::Relaxed));
+        let ask = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            numsub.query_async(&mut c).await
+        };
+        tokio::time::timeout(IO_TIMEOUT, ask).await.ok()?.ok()?
+    } else {
+        inner
+            .redis
+            .call(async |c| numsub.query_async(c).await)
+            .await?
+    };
     let mut out = Vec::new();
     for pair in counts.chunks(2) {
         if let [name, count] = pair {

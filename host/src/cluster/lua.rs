@@ -14,8 +14,9 @@
 //!   stream: entry id `<offset>-1`, fields `m` (the message JSON) and `t` (ms), trimmed to the
 //!   room's size, expiring after its TTL; new messages published on `P:hist`
 //!
-//! Keys are built inside the scripts, so this needs a standalone Redis (or a primary behind
-//! Sentinel), not Redis Cluster.
+//! Keys are built inside the scripts from the prefix. On a Redis Cluster the prefix is a hash tag
+//! (`{P}`), so every key is in one slot, and each call declares one key of that slot
+//! (`P:nodes`) to be routed to its master.
 
 use std::sync::LazyLock;
 

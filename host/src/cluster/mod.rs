@@ -21,12 +21,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, IntoConnectionInfo};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 
 /// Longest wait for one Redis call on the event path.
@@ -34,10 +38,79 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often the monitor pings Redis.
 const PING_EVERY: Duration = Duration::from_millis(500);
 
+/// A command connection: to one server, or to a Redis Cluster (which routes each command by
+/// its key's slot and follows `MOVED`/`ASK` and failovers itself). Cheap to clone.
+#[derive(Clone)]
+pub enum Conn {
+    /// `REALTIME_REDIS_URL`.
+    Server(ConnectionManager),
+    /// `REALTIME_REDIS_CLUSTER`.
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Server(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How commands reach Redis.
+enum Commands {
+    Server(ConnectionManager),
+    /// Connected by the monitor (a cluster connection cannot be created lazily): None until
+    /// the first success.
+    Cluster {
+        client: Box<ClusterClient>,
+        conn: ArcSwapOption<ClusterConnection>,
+    },
+}
+
+/// What `CLUSTER INFO` said last (cluster mode).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInfo {
+    /// `ok` or `fail`.
+    pub state: String,
+    /// Slots served by a reachable master (16384 when whole).
+    pub slots_ok: i64,
+    /// Nodes the cluster knows.
+    pub known_nodes: i64,
+    /// Masters serving slots.
+    pub masters: i64,
+}
+
 /// The Redis connection shared by the state implementations and the driver.
 pub struct RedisConn {
-    client: redis::Client,
-    cmd: ConnectionManager,
+    /// Where the pub/sub connection goes: the server, or (cluster mode) one of the seed nodes,
+    /// tried in turn (a classic `PUBLISH` reaches the subscribers of every node of a cluster).
+    pubsub: Vec<redis::Client>,
+    cmd: Commands,
+    info: std::sync::Mutex<Option<ClusterInfo>>,
     up: AtomicBool,
     /// Key and channel prefix.
     pub prefix: String,
@@ -58,16 +131,71 @@ impl RedisConn {
         was
     }
 
+    /// The command connection (None in cluster mode until the cluster was first reached).
+    pub fn conn(&self) -> Option<Conn> {
+        match &self.cmd {
+            Commands::Server(c) => Some(Conn::Server(c.clone())),
+            Commands::Cluster { conn, .. } => conn.load_full().map(|c| Conn::Cluster((*c).clone())),
+        }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.cmd, Commands::Cluster { .. })
+    }
+
+    /// The cluster's state as last seen (cluster mode).
+    pub fn cluster_info(&self) -> Option<ClusterInfo> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The client of pub/sub attempt `n` (the seeds in turn).
+    pub(crate) fn pubsub_client(&self, n: usize) -> &redis::Client {
+        &self.pubsub[n % self.pubsub.len()]
+    }
+
+    /// `PUBSUB NUMSUB channel`, summed over the nodes the instances subscribe through (cluster
+    /// mode: each node counts only its own subscribers).
+    pub(crate) async fn numsub(&self, channel: &str) -> Option<i64> {
+        if !self.is_cluster() {
+            let (_, n): (String, i64) = self
+                .call(async |c| {
+                    redis::cmd("PUBSUB")
+                        .arg("NUMSUB")
+                        .arg(channel)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            return Some(n);
+        }
+        let mut total = 0;
+        for client in &self.pubsub {
+            let ask = async {
+                let mut c = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(channel)
+                    .query_async::<(String, i64)>(&mut c)
+                    .await
+            };
+            if let Ok(Ok((_, n))) = tokio::time::timeout(CALL_TIMEOUT, ask).await {
+                total += n;
+            }
+        }
+        Some(total)
+    }
+
     /// Runs one command or script invocation within [`CALL_TIMEOUT`]; None when Redis is down,
     /// slow or refuses (the caller falls back to local state).
     pub async fn call<T: FromRedisValue>(
         &self,
-        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Option<T> {
         if !self.up() {
             return None;
         }
-        let mut conn = self.cmd.clone();
+        let mut conn = self.conn()?;
         match tokio::time::timeout(CALL_TIMEOUT, f(&mut conn)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
@@ -94,6 +222,9 @@ impl RedisConn {
         let json: String = self
             .call(async |c| {
                 let mut inv = script.prepare_invoke();
+                // The scripts build their keys from the prefix; the one declared key routes the
+                // call to the node of the prefix's slot in a Redis Cluster.
+                inv.key(self.key(&["nodes"]));
                 inv.arg(&self.prefix);
                 for a in args {
                     inv.arg(*a);
@@ -118,6 +249,68 @@ impl RedisConn {
             k.push_str(p);
         }
         k
+    }
+}
+
+impl RedisConn {
+    /// One health check: `PING` (cluster mode: connects first when not yet connected, and
+    /// reads `CLUSTER INFO`, which must say `ok`).
+    async fn check(&self) -> bool {
+        if let Commands::Cluster { client, conn } = &self.cmd
+            && conn.load().is_none()
+        {
+            match tokio::time::timeout(Duration::from_secs(2), client.get_async_connection()).await
+            {
+                Ok(Ok(c)) => conn.store(Some(Arc::new(c))),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "redis cluster connect failed");
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        let Some(mut conn) = self.conn() else {
+            return false;
+        };
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        if !matches!(ping, Ok(Ok(_))) {
+            return false;
+        }
+        if !self.is_cluster() {
+            return true;
+        }
+        let text = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(&mut conn),
+        )
+        .await;
+        let Ok(Ok(text)) = text else {
+            return false;
+        };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let info = ClusterInfo {
+            state: field("cluster_state"),
+            slots_ok: field("cluster_slots_ok").parse().unwrap_or(0),
+            known_nodes: field("cluster_known_nodes").parse().unwrap_or(0),
+            masters: field("cluster_size").parse().unwrap_or(0),
+        };
+        let whole = info.state == "ok";
+        self.metrics.redis_cluster_slots_ok.set(info.slots_ok);
+        self.metrics.redis_cluster_nodes.set(info.known_nodes);
+        *self.info.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        whole
     }
 }
 
@@ -188,31 +381,57 @@ impl Cluster {
     /// Prepares the connections (lazily: Redis may be down now and come later) and starts the
     /// pub/sub driver; its tasks end with `stop`.
     pub fn start(
-        url: &str,
+        target: &RedisTarget,
         prefix: &str,
         node: &str,
         lease: Duration,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<Cluster>> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| anyhow::anyhow!("REALTIME_REDIS_URL: {e}"))?;
-        let client =
-            redis::Client::open(info).map_err(|e| anyhow::anyhow!("REALTIME_REDIS_URL: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        let open = |var: &str, url: &str| -> anyhow::Result<redis::Client> {
+            let info = url
+                .into_connection_info()
+                .map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+            redis::Client::open(info).map_err(|e| anyhow::anyhow!("{var}: {e}"))
+        };
+        let (pubsub, cmd, prefix) = match target {
+            RedisTarget::Server(url) => {
+                let client = open("REALTIME_REDIS_URL", url)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+                (vec![client], Commands::Server(cmd), prefix.to_string())
+            }
+            RedisTarget::Cluster(seeds) => {
+                let pubsub = seeds
+                    .iter()
+                    .map(|s| open("REALTIME_REDIS_CLUSTER", s))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(Duration::from_secs(2))
+                    .retries(2)
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("REALTIME_REDIS_CLUSTER: {e}"))?;
+                let cmd = Commands::Cluster {
+                    client: Box::new(client),
+                    conn: ArcSwapOption::empty(),
+                };
+                // Every key in one hash slot: the scripts read and write several keys at once.
+                (pubsub, cmd, format!("{{{prefix}}}"))
+            }
+        };
         metrics.redis_up.set(0);
         let redis = Arc::new(RedisConn {
-            client,
+            pubsub,
             cmd,
+            info: std::sync::Mutex::new(None),
             up: AtomicBool::new(false),
-            prefix: prefix.to_string(),
+            prefix,
             node: node.to_string(),
             metrics,
         });
@@ -262,13 +481,7 @@ impl Cluster {
                 _ = interval.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let mut conn = self.redis.cmd.clone();
-            let ping = tokio::time::timeout(
-                Duration::from_secs(1),
-                redis::cmd("PING").query_async::<String>(&mut conn),
-            )
-            .await;
-            let ok = matches!(ping, Ok(Ok(_)));
+            let ok = self.redis.check().await;
             let was = self.redis.set_up(ok);
             if ok && !was {
                 if ever_up {
@@ -298,22 +511,19 @@ impl Cluster {
         let nodes = self.redis.key(&["nodes"]);
         loop {
             let since = format!("({}", now_ms());
-            let counts: Option<(i64, (String, i64))> = self
+            let live: Option<i64> = self
                 .redis
                 .call(async |c| {
-                    redis::pipe()
-                        .cmd("ZCOUNT")
+                    redis::cmd("ZCOUNT")
                         .arg(&nodes)
                         .arg(&since)
                         .arg("+inf")
-                        .cmd("PUBSUB")
-                        .arg("NUMSUB")
-                        .arg(&channel)
                         .query_async(c)
                         .await
                 })
                 .await;
-            if let Some((live, (_, listening))) = counts
+            let listening = self.redis.numsub(&channel).await;
+            if let (Some(live), Some(listening)) = (live, listening)
                 && listening >= live
             {
                 return;
@@ -405,6 +615,67 @@ pub async fn ping(url: &str) -> bool {
         tokio::time::timeout(Duration::from_secs(3), attempt).await,
         Ok(Ok(_))
     )
+}
+
+/// For `init`: whether the configured Redis answers (`ok`, `unreachable`, or `degraded`: a
+/// Redis Cluster whose state is not `ok`), and a line saying what was seen.
+pub async fn probe(target: &RedisTarget) -> (&'static str, String) {
+    let seeds = match target {
+        RedisTarget::Server(url) => {
+            return if ping(url).await {
+                ("ok", "Redis answers".into())
+            } else {
+                (
+                    "unreachable",
+                    "Redis at REALTIME_REDIS_URL does not answer".into(),
+                )
+            };
+        }
+        RedisTarget::Cluster(seeds) => seeds,
+    };
+    let mut answering = 0;
+    let mut info: Option<String> = None;
+    for url in seeds {
+        let Ok(client) = redis::Client::open(url.as_str()) else {
+            continue;
+        };
+        let ask = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        if let Ok(Ok(text)) = tokio::time::timeout(Duration::from_secs(3), ask).await {
+            answering += 1;
+            info.get_or_insert(text);
+        }
+    }
+    let Some(text) = info else {
+        return (
+            "unreachable",
+            format!(
+                "no node of REALTIME_REDIS_CLUSTER answers (0/{} seeds)",
+                seeds.len()
+            ),
+        );
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let state = field("cluster_state");
+    let line = format!(
+        "Redis Cluster: {answering}/{} seed nodes answer, state {state}, {}/16384 slots covered, {} masters, {} nodes",
+        seeds.len(),
+        field("cluster_slots_ok"),
+        field("cluster_size"),
+        field("cluster_known_nodes"),
+    );
+    (if state == "ok" { "ok" } else { "degraded" }, line)
 }
 
 /// The Socket.IO adapter's channel prefix under the cluster prefix.

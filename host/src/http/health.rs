@@ -138,6 +138,8 @@ pub async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
             "blocking": blocking,
             "errors": errors,
         },
+        // Redis Cluster mode: what `CLUSTER INFO` said at the last check (null otherwise).
+        "redisCluster": app.cluster.as_ref().and_then(|c| c.redis().cluster_info()),
         "store": {
             "backend": app.store.kind().as_str(),
             "queued": app.metrics.store_queue_depth.get(),

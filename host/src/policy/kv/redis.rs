@@ -36,7 +36,7 @@ impl RedisKv {
     /// Runs `f` against Redis from synchronous code; None when that is not possible now.
     fn block<T: redis::FromRedisValue>(
         &self,
-        f: impl AsyncFnOnce(&mut redis::aio::ConnectionManager) -> redis::RedisResult<T>,
+        f: impl AsyncFnOnce(&mut crate::cluster::Conn) -> redis::RedisResult<T>,
     ) -> Option<T> {
         if !self.redis.up() {
             return None;

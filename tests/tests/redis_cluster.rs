@@ -5,7 +5,10 @@
 //! - three instances share rooms, messages, presence and typing through the cluster, report it
 //!   in `/health`, `/metrics` and `init`, and keep every key in the prefix's one slot;
 //! - the master holding that slot killed mid-traffic and started again: local delivery goes on,
-//!   `/health` says so, and cross-instance delivery and presence come back.
+//!   `/health` says so, and cross-instance delivery and presence come back;
+//! - one of three server processes SIGKILLed: its users with no socket elsewhere go offline
+//!   once, after the lease, and the survivors keep serving each other;
+//! - `init` reports the cluster; both Redis variables together stop the start.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -367,4 +370,136 @@ fn init_reports_the_cluster_and_both_variables_are_refused() {
     );
     drop(c);
     drop(rt);
+}
+
+/// A server process on the cluster, SIGKILLed when dropped.
+struct Proc {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_on_cluster(
+    node: &str,
+    seeds: &str,
+    prefix: &str,
+    db_url: &str,
+    dir: &std::path::Path,
+) -> Proc {
+    use nself_realtime_tests::TEST_SECRET;
+    let port = nself_realtime_tests::free_port().to_string();
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let child = nself_realtime_tests::process::spawn_server(
+        &[
+            ("DATABASE_URL", db_url),
+            ("REALTIME_HOST", "127.0.0.1"),
+            ("REALTIME_PORT", &port),
+            ("REALTIME_JWT_SECRET", TEST_SECRET),
+            ("REALTIME_RATE_LIMIT", "0"),
+            ("REALTIME_NODE_LEASE_MS", "3000"),
+            ("REALTIME_NODE_ID", node),
+            ("REALTIME_REDIS_CLUSTER", seeds),
+            ("REALTIME_REDIS_PREFIX", prefix),
+            ("REALTIME_PLUGINS_DIR", plugins.to_str().expect("utf-8")),
+            ("REALTIME_PLUGIN_CACHE_DIR", "off"),
+            ("LOG_LEVEL", "warn"),
+        ],
+        dir,
+    );
+    let mut p = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::builder().no_proxy().build().expect("http");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http
+            .get(format!("{}/health", p.url))
+            .timeout(ms(1000))
+            .send()
+            .await
+            && let Ok(v) = r.json::<Value>().await
+            && v["checks"]["redis"] == "ok"
+        {
+            return p;
+        }
+        assert!(
+            p.child.try_wait().expect("try_wait").is_none(),
+            "node {node} exited"
+        );
+        assert!(Instant::now() < deadline, "node {node} not ready in 30 s");
+        tokio::time::sleep(ms(100)).await;
+    }
+}
+
+async fn connect(p: &Proc, user: &str) -> SioClient {
+    SioClient::connect(&p.url, Some(&nself_realtime_tests::user_token(user)))
+        .await
+        .unwrap_or_else(|e| panic!("{user} connecting to {}: {e}", p.url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_on_a_redis_cluster_is_cleaned_up_once() {
+    let c = PrivateCluster::start(3).await;
+    let prefix = unique_prefix("rc-crash");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}/cluster.db", dir.path().display());
+    let seeds = c.seeds();
+    let a = spawn_on_cluster("crash-a", &seeds, &prefix, &db_url, dir.path()).await;
+    let b = spawn_on_cluster("crash-b", &seeds, &prefix, &db_url, dir.path()).await;
+    let mut k = spawn_on_cluster("crash-c", &seeds, &prefix, &db_url, dir.path()).await;
+
+    let mut obs = connect(&b, "observer").await;
+    let _multi_a = connect(&a, "multi").await;
+    let _multi_k = connect(&k, "multi").await;
+    let _solo = connect(&k, "solo").await;
+    for user in ["multi", "solo"] {
+        obs.next_event_where("presence:changed", ms(3000), move |v| {
+            v["userId"] == user && v["status"] == "online"
+        })
+        .await
+        .unwrap_or_else(|| panic!("{user} online"));
+    }
+    obs.clear_events();
+
+    k.child.kill().expect("SIGKILL");
+    let _ = k.child.wait();
+    let killed = Instant::now();
+    let off = obs
+        .next_event_where("presence:changed", ms(6000), |v| {
+            v["userId"] == "solo" && v["status"] == "offline"
+        })
+        .await
+        .expect("solo offline within the lease and a reap");
+    println!("solo offline {:?} after the kill: {off}", killed.elapsed());
+    let more = obs.collect("presence:changed", ms(1500)).await;
+    assert!(
+        !more.iter().any(|v| v["userId"] == "solo"),
+        "solo announced once: {more:?}"
+    );
+    assert!(
+        !more.iter().any(|v| v["userId"] == "multi"),
+        "multi keeps her socket on A: {more:?}"
+    );
+    // The survivors keep serving each other across instances.
+    let mut on_a = connect(&a, "anna").await;
+    let ack = on_a
+        .emit_ack("room:join", json!({"roomName": "general"}), ms(5000))
+        .await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+    let ack = obs
+        .emit_ack("room:join", json!({"roomName": "general"}), ms(5000))
+        .await;
+    assert_eq!(ack["success"], json!(true), "{ack}");
+    assert!(
+        delivered(&mut on_a, &mut obs, "after the crash").await,
+        "A -> B after the kill"
+    );
 }

@@ -33,6 +33,9 @@
 #                fan-out --find-max with the clients spread over both instances
 #   scale        nself-realtime only: fan-out --find-max on one instance vs two instances +
 #                Redis (room members split across the two)
+#   scale-redis-cluster  two instances, fan-out --find-max, on one Redis (REDIS_URL) vs on a
+#                Redis Cluster (REDIS_CLUSTER: comma-separated node URLs, each node's CPU
+#                measured when it runs on this machine)
 #   scale-fixed  the same pair at one fixed rate (FIXED, default RATE): the CPU of both
 #                instances and of redis-server per delivery, and the p99 of deliveries whose
 #                sender is on the same instance against those that crossed Redis
@@ -70,6 +73,7 @@
 #   PRESENCE_SCOPE [all]  nself-realtime's REALTIME_PRESENCE_SCOPE
 #   SERVER_ENV          extra VAR=value words for nself-realtime (e.g. "REALTIME_EVENT_RATE=100")
 #   REDIS_URL [redis://127.0.0.1:6379]  for `multi`, `scale` and `history`
+#   REDIS_CLUSTER       node URLs of a Redis Cluster for `scale-redis-cluster`
 #   HISTORY_SIZE [1000] messages kept per room in the `history` scenario
 #   SERVER_BIN, BENCH_BIN  prebuilt nself-realtime / realtime-bench (default: cargo build --release)
 #   SCRATCH             scratch directory (default: a new temporary one)
@@ -198,7 +202,11 @@ start_rust() {
     REALTIME_MAX_CONNECTIONS=100000 REALTIME_PLUGINS_DIR="$plugins"
     REALTIME_PLUGIN_CACHE_DIR="$dir/plugin-cache" REALTIME_PRESENCE_SCOPE="$PRESENCE_SCOPE"
     LOG_LEVEL=warn)
-  [ -n "$redis" ] && envs+=(REALTIME_REDIS_URL="$redis")
+  case "$redis" in
+    "") ;;
+    cluster:*) envs+=(REALTIME_REDIS_CLUSTER="${redis#cluster:}") ;;
+    *) envs+=(REALTIME_REDIS_URL="$redis") ;;
+  esac
   # shellcheck disable=SC2206
   envs+=($SERVER_ENV)
   if [ "$fresh" = 1 ]; then
@@ -250,12 +258,12 @@ bench() { # bench OUT_JSON ARGS... (runs the generator pinned, JSON to OUT_JSON)
 fanout_args=(--rooms "$ROOMS" --room-size "$ROOM_SIZE" --senders "$SENDERS" --payload "$PAYLOAD"
   --duration "$DURATION" --source-ips "$SOURCE_IPS")
 
-# redis_pid_args ARRAY: appends `--also-pid <pid>` of the redis-server listening on REDIS_URL's
+# redis_pid_args ARRAY URL: appends `--also-pid <pid>` of the redis-server listening on URL's
 # port to ARRAY when it can be seen (same machine), so the generator measures its CPU too.
 redis_pid_args() {
   local -n args="$1"
   local port pid
-  port=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port or 6379)' "$REDIS_URL")
+  port=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port or 6379)' "$2")
   pid=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
   [ -n "$pid" ] && args+=(--also-pid "$pid")
   return 0
@@ -288,7 +296,14 @@ run_one() {
       local first=$server_pid
       start_rust $((port + 1)) "$scratch/no-plugins" "$REDIS_URL"
       pidsargs=(--server-pid "$first" --also-pid "$server_pid" --url "http://127.0.0.1:$((port + 1))")
-      redis_pid_args pidsargs
+      redis_pid_args pidsargs "$REDIS_URL" ;;
+    rust:scale-cluster)
+      start_rust "$port" "$scratch/no-plugins" "cluster:$REDIS_CLUSTER"
+      local first=$server_pid
+      start_rust $((port + 1)) "$scratch/no-plugins" "cluster:$REDIS_CLUSTER"
+      pidsargs=(--server-pid "$first" --also-pid "$server_pid" --url "http://127.0.0.1:$((port + 1))")
+      local node
+      for node in ${REDIS_CLUSTER//,/ }; do redis_pid_args pidsargs "$node"; done
       if ! curl -fs "http://127.0.0.1:$port/health" | grep -q '"redis":"ok"'; then
         echo "   note: /health does not report redis ok yet: cross-instance deliveries may be missing" >&2
       fi ;;
@@ -297,7 +312,7 @@ run_one() {
       local first=$server_pid
       start_node $((port + 1)) "$REDIS_URL"
       pidsargs=(--server-pid "$first" --also-pid "$server_pid" --url "http://127.0.0.1:$((port + 1))")
-      redis_pid_args pidsargs ;;
+      redis_pid_args pidsargs "$REDIS_URL" ;;
     rust:history-memory)
       local SERVER_ENV="$SERVER_ENV REALTIME_HISTORY_SIZE=$HISTORY_SIZE"
       start_rust "$port" "$scratch/no-plugins" ;;
@@ -317,7 +332,7 @@ run_one() {
         --hold "$HOLD" --source-ips "$SOURCE_IPS" --rooms "$CONN_ROOMS" ;;
     fanout | *-fixed)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "${FIXED:-$RATE}" ;;
-    fanout-max | policy-* | multi | scale-one | scale-two | history-*)
+    fanout-max | policy-* | multi | scale-one | scale-two | scale-cluster | history-*)
       bench "$out" fanout "${common[@]}" "${fanout_args[@]}" --rate "$RATE" --find-max \
         --step-factor "$STEP_FACTOR" ;;
     typing | presence | join)
@@ -329,7 +344,7 @@ run_one() {
       herd "$out" "$side" "$port" "${scenario#herd-}" "${common[@]}" ;;
   esac
   if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ] ||
-    [ "$side:${scenario%-fixed}" = rust:scale-two ]; then
+    [ "$side:${scenario%-fixed}" = rust:scale-two ] || [ "$side:$scenario" = rust:scale-cluster ]; then
     stop_server "$((server_pid))"
     stop_server "$first"
   else
@@ -500,8 +515,10 @@ def figures(r):
     also = s.get("also") or []
     if also:
         f["second instance CPU %"] = also[0]["cpu_pct"]
-    if len(also) > 1:
+    if len(also) == 2:
         f["redis-server CPU %"] = also[1]["cpu_pct"]
+    for i, u in enumerate(also[1:] if len(also) > 2 else []):
+        f[f"redis node {i + 1} CPU %"] = u["cpu_pct"]
     if s.get("latency_cross", {}).get("count"):
         f["latency p99 ms, same instance"] = s["latency_local"]["p99_ms"]
         f["latency p99 ms, across instances"] = s["latency_cross"]["p99_ms"]
@@ -531,6 +548,8 @@ if a.startswith("policy-examples"):
     names = ("with modules", "no modules")
 if a.startswith("scale-two"):
     names = ("two instances + Redis", "one instance")
+if a == "scale-cluster":
+    names = ("on a Redis Cluster", "on one Redis")
 if a.startswith("history"):
     names = ("history on", "history off")
 fmt = lambda v: "n/a" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}")
@@ -646,6 +665,13 @@ for scenario in "${scenarios[@]}"; do
         run_one scale-two rust "$round"
       done
       table "scale: two nself-realtime instances + Redis vs one (members split across instances)" scale-two scale-one ;;
+    scale-redis-cluster)
+      [ -n "${REDIS_CLUSTER:-}" ] || die "scale-redis-cluster needs REDIS_CLUSTER (comma-separated node URLs)"
+      for ((round = 1; round <= ROUNDS; round++)); do
+        run_one scale-two rust "$round"
+        run_one scale-cluster rust "$round"
+      done
+      table "two nself-realtime instances: on a Redis Cluster ($REDIS_CLUSTER) vs one Redis ($REDIS_URL)" scale-cluster scale-two ;;
     scale-fixed)
       for ((round = 1; round <= ROUNDS; round++)); do
         run_one scale-one-fixed rust "$round"

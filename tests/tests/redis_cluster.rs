@@ -8,6 +8,7 @@
 //!   `/health` says so, and cross-instance delivery and presence come back;
 //! - one of three server processes SIGKILLed: its users with no socket elsewhere go offline
 //!   once, after the lease, and the survivors keep serving each other;
+//! - a typing entry expires once across three instances;
 //! - `init` reports the cluster; both Redis variables together stop the start.
 
 use std::collections::BTreeSet;
@@ -101,7 +102,7 @@ struct Instances {
 }
 
 impl Instances {
-    async fn start(c: &PrivateCluster, tag: &str, n: usize) -> Instances {
+    async fn start(c: &PrivateCluster, tag: &str, n: usize, vars: &[(&str, &str)]) -> Instances {
         let prefix = unique_prefix(tag);
         let db = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}/cluster.db", db.path().display());
@@ -109,15 +110,14 @@ impl Instances {
         let mut hosts = Vec::new();
         for i in 0..n {
             let node = format!("{prefix}-{i}");
-            hosts.push(
-                TestHost::start(&[
-                    ("REALTIME_REDIS_CLUSTER", &seeds),
-                    ("REALTIME_REDIS_PREFIX", &prefix),
-                    ("REALTIME_NODE_ID", &node),
-                    ("DATABASE_URL", &url),
-                ])
-                .await,
-            );
+            let mut all: Vec<(&str, &str)> = vec![
+                ("REALTIME_REDIS_CLUSTER", &seeds),
+                ("REALTIME_REDIS_PREFIX", &prefix),
+                ("REALTIME_NODE_ID", &node),
+                ("DATABASE_URL", &url),
+            ];
+            all.extend_from_slice(vars);
+            hosts.push(TestHost::start(&all).await);
         }
         let me = Instances {
             hosts,
@@ -168,7 +168,7 @@ async fn delivered(from: &mut SioClient, to: &mut SioClient, text: &str) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster() {
     let c = PrivateCluster::start(3).await;
-    let s = Instances::start(&c, "rc", 3).await;
+    let s = Instances::start(&c, "rc", 3, &[]).await;
 
     // Rooms and messages across instances.
     let mut a = s.hosts[0].joined("alice", "general").await;
@@ -275,7 +275,7 @@ async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_master_of_the_prefix_killed_and_restarted_mid_traffic() {
     let mut c = PrivateCluster::start(3).await;
-    let s = Instances::start(&c, "rc-kill", 2).await;
+    let s = Instances::start(&c, "rc-kill", 2, &[]).await;
     let mut a = s.hosts[0].joined("alice", "general").await;
     let mut a2 = s.hosts[0].joined("amy", "general").await;
     let mut b = s.hosts[1].joined("bob", "general").await;
@@ -329,6 +329,35 @@ async fn the_master_of_the_prefix_killed_and_restarted_mid_traffic() {
     let _b2 = s.hosts[0].client("bob").await;
     obs.expect_none_where("presence:changed", ms(800), of("bob"))
         .await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_on_a_redis_cluster_expires_once_whichever_instance_expires_it() {
+    let c = PrivateCluster::start(3).await;
+    let s = Instances::start(&c, "rc-typ", 3, &[("REALTIME_TYPING_TIMEOUT", "600")]).await;
+    let mut readers: Vec<SioClient> = Vec::new();
+    for (i, h) in s.hosts.iter().enumerate() {
+        readers.push(h.joined(&format!("reader{i}"), "general").await);
+    }
+    let typist = s.hosts[0].joined("tina", "general").await;
+    for r in &mut readers {
+        r.clear_events();
+    }
+    typist.emit("typing:start", json!({"roomName": "general"}));
+    for (i, r) in readers.iter_mut().enumerate() {
+        let ev = r
+            .next_event("typing:event", ms(3000))
+            .await
+            .unwrap_or_else(|| panic!("reader{i} gets typing:event"));
+        assert_eq!(ev["users"][0]["userId"], "tina", "reader{i}: {ev}");
+    }
+    // No stop: the entry expires after 600 ms; each reader gets exactly one empty update.
+    for (i, r) in readers.iter_mut().enumerate() {
+        let events = r.collect("typing:event", ms(2000)).await;
+        assert_eq!(events.len(), 1, "reader{i}: one expiry update: {events:?}");
+        assert_eq!(events[0]["users"], json!([]), "reader{i}: {events:?}");
+    }
     s.stop().await;
 }
 

@@ -269,6 +269,18 @@ redis_pid_args() {
   return 0
 }
 
+# need_example_modules: builds the four example policy modules when one is missing.
+need_example_modules() {
+  local m
+  for m in sanitizer profanity room-policy rate-limiter; do
+    if [ ! -f "$root/plugins/$m.wasm" ]; then
+      echo "== building the example policy modules"
+      "$root/scripts/build-plugins" -q >/dev/null
+      return
+    fi
+  done
+}
+
 # run_one SCENARIO SIDE ROUND: one server, one generator run.
 run_one() {
   local scenario="$1" side="$2" round="$3" out="$scratch/results/$1-$2-$3.json"
@@ -612,27 +624,21 @@ for scenario in "${scenarios[@]}"; do
     typing | join) run_pair "$scenario" "$scenario" "$scenario storm: $STORM_RATE events/s" ;;
     presence) run_pair presence presence "presence storm: $STORM_RATE events/s" nofloor ;;
     policy)
-      for m in sanitizer profanity room-policy rate-limiter; do
-        [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
-      done
+      need_example_modules
       for ((round = 1; round <= ROUNDS; round++)); do
         run_one policy-none rust "$round"
         run_one policy-examples rust "$round"
       done
       table "policy: four example modules vs none (nself-realtime)" policy-examples policy-none ;;
     policy-redis)
-      for m in sanitizer profanity room-policy rate-limiter; do
-        [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
-      done
+      need_example_modules
       for ((round = 1; round <= ROUNDS; round++)); do
         run_one policy-none-redis rust "$round"
         run_one policy-examples-redis rust "$round"
       done
       table "policy over Redis: four example modules vs none, one instance with Redis (module key/value store in Redis)" policy-examples-redis policy-none-redis ;;
     policy-fixed)
-      for m in sanitizer profanity room-policy rate-limiter; do
-        [ -f "$root/plugins/$m.wasm" ] || { echo "== building the example policy modules"; "$root/scripts/build-plugins" -q >/dev/null; break; }
-      done
+      need_example_modules
       for ((round = 1; round <= ROUNDS; round++)); do
         run_one policy-none-fixed rust "$round"
         run_one policy-examples-fixed rust "$round"

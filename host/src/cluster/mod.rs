@@ -104,6 +104,25 @@ pub struct ClusterInfo {
     pub masters: i64,
 }
 
+impl ClusterInfo {
+    /// From the text of `CLUSTER INFO` (`name:value` lines; a missing figure reads as 0).
+    fn parse(text: &str) -> ClusterInfo {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        ClusterInfo {
+            state: field("cluster_state"),
+            slots_ok: field("cluster_slots_ok").parse().unwrap_or(0),
+            known_nodes: field("cluster_known_nodes").parse().unwrap_or(0),
+            masters: field("cluster_size").parse().unwrap_or(0),
+        }
+    }
+}
+
 /// The Redis connection shared by the state implementations and the driver.
 pub struct RedisConn {
     /// Where the pub/sub connection goes: the server, or (cluster mode) one of the seed nodes,
@@ -293,19 +312,7 @@ impl RedisConn {
         let Ok(Ok(text)) = text else {
             return false;
         };
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let info = ClusterInfo {
-            state: field("cluster_state"),
-            slots_ok: field("cluster_slots_ok").parse().unwrap_or(0),
-            known_nodes: field("cluster_known_nodes").parse().unwrap_or(0),
-            masters: field("cluster_size").parse().unwrap_or(0),
-        };
+        let info = ClusterInfo::parse(&text);
         let whole = info.state == "ok";
         self.metrics.redis_cluster_slots_ok.set(info.slots_ok);
         self.metrics.redis_cluster_nodes.set(info.known_nodes);
@@ -660,22 +667,16 @@ pub async fn probe(target: &RedisTarget) -> (&'static str, String) {
             ),
         );
     };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-            .unwrap_or("?")
-            .to_string()
-    };
-    let state = field("cluster_state");
+    let info = ClusterInfo::parse(&text);
     let line = format!(
-        "Redis Cluster: {answering}/{} seed nodes answer, state {state}, {}/16384 slots covered, {} masters, {} nodes",
+        "Redis Cluster: {answering}/{} seed nodes answer, state {}, {}/16384 slots covered, {} masters, {} nodes",
         seeds.len(),
-        field("cluster_slots_ok"),
-        field("cluster_size"),
-        field("cluster_known_nodes"),
+        info.state,
+        info.slots_ok,
+        info.masters,
+        info.known_nodes,
     );
-    (if state == "ok" { "ok" } else { "degraded" }, line)
+    (if info.state == "ok" { "ok" } else { "degraded" }, line)
 }
 
 /// The Socket.IO adapter's channel prefix under the cluster prefix.

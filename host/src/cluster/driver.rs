@@ -206,20 +206,37 @@ async fn publisher(
             pipe.cmd("PUBLISH").arg(chan).arg(payload).ignore();
         }
         let sent = if inner.redis.is_cluster() {
-            let at = inner.attempt.load(Ordering::Relaxed);
-            if node.as_ref().is_none_or(|(i, _)| *i != at) {
-                let client = inner.redis.pubsub_client(at);
-                node = tokio::time::timeout(IO_TIMEOUT, client.get_multiplexed_async_connection())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .map(|c| (at, c));
+            // A connection left over from before a node went away fails at once, having sent
+            // nothing: one retry on a fresh connection.
+            let mut sent = None;
+            for _ in 0..2 {
+                let at = inner.attempt.load(Ordering::Relaxed);
+                if node.as_ref().is_none_or(|(i, _)| *i != at) {
+                    let client = inner.redis.pubsub_client(at);
+                    node =
+                        tokio::time::timeout(IO_TIMEOUT, client.get_multiplexed_async_connection())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .map(|c| (at, c));
+                }
+                let Some((_, conn)) = node.as_mut() else {
+                    break;
+                };
+                let r = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(conn)).await;
+                let stale =
+                    matches!(&r, Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped());
+                sent = Some(r);
+                if !stale {
+                    break;
+                }
+                node = None;
             }
-            let Some((_, conn)) = node.as_mut() else {
+            let Some(sent) = sent else {
                 inner.dropped("out", n);
                 continue;
             };
-            tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(conn)).await
+            sent
         } else {
             let Some(mut conn) = inner.redis.conn() else {
                 inner.dropped("out", n);

@@ -269,6 +269,17 @@ redis_pid_args() {
   return 0
 }
 
+# publish_spread URL...: how many PUBLISH and SPUBLISH each Redis node ran since its counters
+# were reset (CONFIG RESETSTAT before the run): where the broadcast traffic went.
+publish_spread() {
+  local node line=""
+  for node in "$@"; do
+    line+=" $(redis-cli -u "$node" INFO commandstats 2>/dev/null | tr -d '\r' |
+      awk -F'[=:,]' '/^cmdstat_(s)?publish:/ {n[$1] = $3} END {printf "%d/%d", n["cmdstat_publish"], n["cmdstat_spublish"]}')"
+  done
+  echo "   PUBLISH/SPUBLISH per node:$line" >&2
+}
+
 # need_example_modules: builds the four example policy modules when one is missing.
 need_example_modules() {
   local m
@@ -315,7 +326,10 @@ run_one() {
       start_rust $((port + 1)) "$scratch/no-plugins" "cluster:$REDIS_CLUSTER"
       pidsargs=(--server-pid "$first" --also-pid "$server_pid" --url "http://127.0.0.1:$((port + 1))")
       local node
-      for node in ${REDIS_CLUSTER//,/ }; do redis_pid_args pidsargs "$node"; done
+      for node in ${REDIS_CLUSTER//,/ }; do
+        redis_pid_args pidsargs "$node"
+        redis-cli -u "$node" CONFIG RESETSTAT >/dev/null 2>&1 || true
+      done
       if ! curl -fs "http://127.0.0.1:$port/health" | grep -q '"redis":"ok"'; then
         echo "   note: /health does not report redis ok yet: cross-instance deliveries may be missing" >&2
       fi ;;
@@ -355,6 +369,10 @@ run_one() {
     herd-*)
       herd "$out" "$side" "$port" "${scenario#herd-}" "${common[@]}" ;;
   esac
+  if [ "$side:$scenario" = rust:scale-cluster ]; then
+    # shellcheck disable=SC2086
+    publish_spread ${REDIS_CLUSTER//,/ }
+  fi
   if [ "$side:$scenario" = rust:multi ] || [ "$side:$scenario" = node:multi ] ||
     [ "$side:${scenario%-fixed}" = rust:scale-two ] || [ "$side:$scenario" = rust:scale-cluster ]; then
     stop_server "$((server_pid))"

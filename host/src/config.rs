@@ -625,8 +625,14 @@ fn parse_event_types(raw: &str) -> EventLogFilter {
 pub enum RedisTarget {
     /// One Redis server (or a primary behind Sentinel): `REALTIME_REDIS_URL`.
     Server(String),
-    /// A Redis Cluster, by the URLs of some of its nodes: `REALTIME_REDIS_CLUSTER`.
-    Cluster(Vec<String>),
+    /// A Redis Cluster: `REALTIME_REDIS_CLUSTER`.
+    Cluster {
+        /// The URLs of some of its nodes.
+        seeds: Vec<String>,
+        /// `REALTIME_REDIS_CLUSTER_SHARDS` (default 16): how many hash tags the rooms' keys
+        /// and broadcast channels are spread over.
+        shards: u16,
+    },
 }
 
 /// `REALTIME_REDIS_URL` or `REALTIME_REDIS_CLUSTER` (not both), checked now so that a typo
@@ -657,7 +663,25 @@ fn redis_target(v: &Vars) -> Result<Option<RedisTarget>, ConfigError> {
                     reason: "no node URL; expected redis://host:port[,redis://host:port…]".into(),
                 });
             }
-            Ok(Some(RedisTarget::Cluster(seeds)))
+            let shards = v.positive("REALTIME_REDIS_CLUSTER_SHARDS", 16u16)?;
+            if shards > 1024 {
+                return Err(invalid(
+                    "REALTIME_REDIS_CLUSTER_SHARDS",
+                    shards.to_string(),
+                    "an integer from 1 to 1024",
+                ));
+            }
+            if let Some(p) = v.raw("REALTIME_REDIS_PREFIX")
+                && (p.contains('{') || p.contains('}'))
+            {
+                return Err(ConfigError::Rule {
+                    var: "REALTIME_REDIS_PREFIX",
+                    reason: "must not contain { or } with REALTIME_REDIS_CLUSTER (the server \
+                             chooses the hash tags of its keys itself)"
+                        .into(),
+                });
+            }
+            Ok(Some(RedisTarget::Cluster { seeds, shards }))
         }
     }
 }
@@ -823,11 +847,37 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.redis,
-            Some(RedisTarget::Cluster(vec![
-                "redis://10.0.0.1:7000".into(),
-                "redis://:pw@10.0.0.2:7001".into()
-            ]))
+            Some(RedisTarget::Cluster {
+                seeds: vec![
+                    "redis://10.0.0.1:7000".into(),
+                    "redis://:pw@10.0.0.2:7001".into()
+                ],
+                shards: 16
+            })
         );
+        let c = cfg(&[
+            ("REALTIME_REDIS_CLUSTER", "redis://10.0.0.1:7000"),
+            ("REALTIME_REDIS_CLUSTER_SHARDS", "64"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.redis,
+            Some(RedisTarget::Cluster { shards: 64, .. })
+        ));
+        for (var, bad) in [
+            ("REALTIME_REDIS_CLUSTER_SHARDS", "0"),
+            ("REALTIME_REDIS_CLUSTER_SHARDS", "1025"),
+            ("REALTIME_REDIS_CLUSTER_SHARDS", "many"),
+            ("REALTIME_REDIS_PREFIX", "{app}"),
+        ] {
+            let err = cfg(&[
+                ("REALTIME_REDIS_CLUSTER", "redis://10.0.0.1:7000"),
+                (var, bad),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(var), "{err}");
+        }
         let both = cfg(&[
             ("REALTIME_REDIS_URL", "redis://cache:6379"),
             ("REALTIME_REDIS_CLUSTER", "redis://10.0.0.1:7000"),

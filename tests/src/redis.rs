@@ -177,17 +177,25 @@ pub struct PrivateCluster {
     bus: Vec<u16>,
     dir: tempfile::TempDir,
     children: Vec<Option<Child>>,
+    /// More `redis-server` arguments of every node.
+    extra: Vec<String>,
 }
 
 impl PrivateCluster {
     /// Starts the masters, forms the cluster and waits until every node reports
     /// `cluster_state:ok` (30 s at most).
     pub async fn start(masters: usize) -> PrivateCluster {
+        PrivateCluster::start_with(masters, &[]).await
+    }
+
+    /// [`PrivateCluster::start`] with more `redis-server` arguments for every node.
+    pub async fn start_with(masters: usize, extra: &[&str]) -> PrivateCluster {
         let mut c = PrivateCluster {
             ports: (0..masters).map(|_| crate::free_port()).collect(),
             bus: (0..masters).map(|_| crate::free_port()).collect(),
             dir: tempfile::tempdir().expect("temp dir"),
             children: (0..masters).map(|_| None).collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..masters {
             c.spawn(i).await;
@@ -238,7 +246,9 @@ impl PrivateCluster {
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", "2000"])
-            .args(["--enable-debug-command", "local", "--dir"])
+            .args(["--enable-debug-command", "local"])
+            .args(&self.extra)
+            .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

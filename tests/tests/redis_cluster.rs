@@ -3,7 +3,9 @@
 //! - the harness itself: a hash tag keeps one room's keys on one master while rooms spread over
 //!   all of them, and a killed master started again on its port takes its slots back, empty;
 //! - three instances share rooms, messages, presence and typing through the cluster, report it
-//!   in `/health`, `/metrics` and `init`, and keep every key in the prefix's one slot;
+//!   in `/health`, `/metrics` and `init`; the instance-wide keys share the prefix's slot, each
+//!   room's keys its shard's slot, the rooms spread over every master, and broadcasts go over
+//!   sharded pub/sub on every master;
 //! - the master holding that slot killed mid-traffic and started again: local delivery goes on,
 //!   `/health` says so, and cross-instance delivery and presence come back;
 //! - one of three server processes SIGKILLed: its users with no socket elsewhere go offline
@@ -15,7 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use nself_realtime_tests::redis::{PrivateCluster, unique_prefix};
-use nself_realtime_tests::{SioClient, TestHost, ms};
+use nself_realtime_tests::{RoomType, SioClient, TestHost, Visibility, ms};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -150,6 +152,34 @@ impl Instances {
     }
 }
 
+/// Every key of a prefix on the cluster: (master, key, slot).
+struct KeysBy {
+    all: Vec<(usize, String, i64)>,
+}
+
+impl KeysBy {
+    async fn read(c: &PrivateCluster, prefix: &str) -> KeysBy {
+        let mut all = Vec::new();
+        for i in 0..3 {
+            let keys = c
+                .command(i, &["KEYS", &format!("*{prefix}*")])
+                .await
+                .expect("KEYS");
+            let keys: Vec<String> = redis::from_redis_value(keys).expect("names");
+            for k in keys {
+                let slot: i64 = redis::from_redis_value(
+                    c.command(i, &["CLUSTER", "KEYSLOT", &k])
+                        .await
+                        .expect("KEYSLOT"),
+                )
+                .expect("a number");
+                all.push((i, k, slot));
+            }
+        }
+        KeysBy { all }
+    }
+}
+
 fn of(user: &'static str) -> impl Fn(&Value) -> bool {
     move |v: &Value| v["userId"] == user
 }
@@ -168,7 +198,7 @@ async fn delivered(from: &mut SioClient, to: &mut SioClient, text: &str) -> bool
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster() {
     let c = PrivateCluster::start(3).await;
-    let s = Instances::start(&c, "rc", 3, &[]).await;
+    let s = Instances::start(&c, "rc", 3, &[("REALTIME_HISTORY_SIZE", "20")]).await;
 
     // Rooms and messages across instances.
     let mut a = s.hosts[0].joined("alice", "general").await;
@@ -223,35 +253,83 @@ async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster
         .expect("offline after the last socket");
     assert_eq!(offline["status"], "offline", "{offline}");
 
-    // Every key of the instances lives in the prefix's one slot, on one master.
+    // Sixteen rooms, one per shard (their names hash so), each with a kept message.
+    let rooms: Vec<String> = (0..16).map(|i| format!("room-{i}")).collect();
+    for room in &rooms {
+        s.hosts[0]
+            .create_room(room, RoomType::Channel, Visibility::Public, None)
+            .await;
+        let ack = a
+            .emit_ack("room:join", json!({"roomName": room}), ms(5000))
+            .await;
+        assert_eq!(ack["success"], json!(true), "{ack}");
+        let ack = a.send_message(room, "spread").await;
+        assert_eq!(ack["success"], json!(true), "{ack}");
+    }
+    let keys = KeysBy::read(&c, &s.prefix).await;
+    // The instance-wide keys (presence, leases) share the prefix's slot, on one master.
     let tag = format!("{{{}}}", s.prefix);
     let owner = c.master_of(&tag).await.expect("owner of the prefix's slot");
-    let slot: i64 = redis::from_redis_value(
-        c.command(0, &["CLUSTER", "KEYSLOT", &tag])
-            .await
-            .expect("KEYSLOT"),
-    )
-    .expect("a number");
-    let here: i64 = redis::from_redis_value(
-        c.command(owner, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()])
-            .await
-            .expect("COUNTKEYSINSLOT"),
-    )
-    .expect("a number");
-    assert!(here > 0, "the instances' keys are in slot {slot}");
+    let wide: Vec<&(usize, String, i64)> = keys
+        .all
+        .iter()
+        .filter(|(_, k, _)| k.starts_with(&tag))
+        .collect();
+    assert!(
+        wide.iter().any(|(_, k, _)| k.contains(":nodes")),
+        "{wide:?}"
+    );
+    assert!(
+        wide.iter().all(|(m, _, _)| *m == owner),
+        "instance-wide keys on the prefix's master {owner}: {wide:?}"
+    );
+    // A room's keys share one slot; the rooms spread over every master.
+    let mut masters = BTreeSet::new();
+    for room in &rooms {
+        let mine: Vec<&(usize, String, i64)> = keys
+            .all
+            .iter()
+            .filter(|(_, k, _)| k.contains(&format!(":hist:{room}:")))
+            .collect();
+        assert_eq!(mine.len(), 2, "meta and log of {room}: {mine:?}");
+        assert_eq!(mine[0].2, mine[1].2, "one slot for {room}: {mine:?}");
+        masters.insert(mine[0].0);
+    }
+    assert_eq!(masters.len(), 3, "rooms on every master");
+    // Broadcasts went over sharded channels on every master, each read by all 3 instances.
     for i in 0..3 {
-        let keys = c
-            .command(i, &["KEYS", &format!("*{}*", s.prefix)])
+        let chans = c
+            .command(i, &["PUBSUB", "SHARDCHANNELS", &format!("{}:*", s.prefix)])
             .await
-            .expect("KEYS");
-        let redis::Value::Array(keys) = keys else {
-            panic!("KEYS answers a list")
-        };
-        if i == owner {
-            assert_eq!(keys.len() as i64, here, "every key is in the one slot");
-        } else {
-            assert!(keys.is_empty(), "master {i} holds none of them: {keys:?}");
+            .expect("PUBSUB SHARDCHANNELS");
+        let chans: Vec<String> = redis::from_redis_value(chans).expect("names");
+        let shards: Vec<&String> = chans
+            .iter()
+            .filter(|c| c.contains("-request#/#{"))
+            .collect();
+        assert!(
+            !shards.is_empty(),
+            "master {i} carries broadcast shards: {chans:?}"
+        );
+        let mut ask = vec!["PUBSUB", "SHARDNUMSUB"];
+        ask.extend(shards.iter().map(|s| s.as_str()));
+        let counts: Vec<redis::Value> =
+            redis::from_redis_value(c.command(i, &ask).await.expect("SHARDNUMSUB")).expect("list");
+        for pair in counts.chunks(2) {
+            let n: i64 = redis::from_redis_value(pair[1].clone()).expect("count");
+            assert_eq!(n, 3, "every instance reads {:?}", pair[0]);
         }
+        let stats: String =
+            redis::from_redis_value(c.command(i, &["INFO", "commandstats"]).await.expect("INFO"))
+                .expect("text");
+        assert!(
+            stats.contains("cmdstat_spublish:calls="),
+            "master {i} published room traffic: {stats}"
+        );
+        assert!(
+            !stats.contains("cmdstat_publish:"),
+            "no classic PUBLISH on master {i}: {stats}"
+        );
     }
 
     // /health and /metrics report the cluster.
@@ -329,6 +407,63 @@ async fn the_master_of_the_prefix_killed_and_restarted_mid_traffic() {
     let _b2 = s.hosts[0].client("bob").await;
     obs.expect_none_where("presence:changed", ms(800), of("bob"))
         .await;
+    s.stop().await;
+}
+
+/// `PUBLISH`/`SPUBLISH` calls of master `i` since it started.
+async fn publish_calls(c: &PrivateCluster, i: usize) -> (u64, u64) {
+    let stats: String =
+        redis::from_redis_value(c.command(i, &["INFO", "commandstats"]).await.expect("INFO"))
+            .expect("text");
+    let calls = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (calls("publish"), calls("spublish"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_sharded_pubsub_falls_back_to_classic_pubsub() {
+    // What a Redis 6 cluster answers: no SPUBLISH.
+    let c = PrivateCluster::start_with(3, &["--rename-command", "SPUBLISH", ""]).await;
+    let s = Instances::start(&c, "rc-classic", 2, &[("REALTIME_HISTORY_SIZE", "20")]).await;
+    let mut a = s.hosts[0].joined("alice", "general").await;
+    let mut b = s.hosts[1].joined("bob", "general").await;
+    for i in 0..5 {
+        let text = format!("classic {i}");
+        assert!(
+            delivered(&mut a, &mut b, &text).await,
+            "{text} across instances"
+        );
+        assert!(delivered(&mut b, &mut a, &text).await, "{text} back");
+    }
+    // Room messages crossed through the history channel: numbered in one sequence.
+    let ack = a.send_message("general", "numbered").await;
+    let m = b
+        .next_event_where("message:new", ms(3000), |m| m["content"] == "numbered")
+        .await
+        .expect("numbered message across instances");
+    assert_eq!(m["offset"], 11, "{m}");
+    assert_eq!(m["offset"], ack["data"]["offset"], "{m} {ack}");
+    let published: u64 = {
+        let mut n = 0;
+        for i in 0..3 {
+            let (classic, sharded) = publish_calls(&c, i).await;
+            assert_eq!(sharded, 0, "no SPUBLISH on master {i}");
+            n += classic;
+        }
+        n
+    };
+    assert!(
+        published >= 10,
+        "the broadcasts went by classic PUBLISH: {published}"
+    );
+    let health = s.hosts[0].http_request("/health", &[]).await.json();
+    assert_eq!(health["status"], "healthy", "{health}");
     s.stop().await;
 }
 

@@ -11,6 +11,14 @@
 //!   subscriptions still exist (a `CLIENT KILL` or a restart loses them);
 //! - hands each received message to its channel's bounded buffer and counts what does not fit
 //!   (`direction="in"`).
+//!
+//! On a Redis Cluster with sharded pub/sub (Redis 7) the subscriber is a cluster connection
+//! (RESP3) that `SSUBSCRIBE`s each channel on the master of its slot, and the publisher
+//! `SPUBLISH`es there, so no node carries all broadcasts. The two channels every instance
+//! reads all of (the adapter's broadcast requests and the room history) are split into one
+//! channel per shard: a broadcast to one room goes out on its room's shard (in order: one
+//! room, one channel), any other on shard 0. Without sharded pub/sub (Redis 6) the classic
+//! path above runs through one node.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,8 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +70,10 @@ struct Inner {
     /// tens of milliseconds under load).
     attempt: AtomicUsize,
     out: mpsc::Sender<(String, Vec<u8>)>,
+    /// Channels subscribed shard by shard with sharded pub/sub.
+    split: Vec<String>,
+    /// Sharded pub/sub: the cluster connection the subscriber made (the publisher uses it too).
+    sharded: ArcSwapOption<ClusterConnection>,
 }
 
 /// The driver; clones share one connection, one queue and one handler map.
@@ -68,8 +83,13 @@ pub struct PubSubDriver {
 }
 
 impl PubSubDriver {
-    /// Starts the publisher and the subscriber supervisor; both stop with `stop`.
-    pub fn start(redis: Arc<RedisConn>, stop: CancellationToken) -> PubSubDriver {
+    /// Starts the publisher and the subscriber supervisor; both stop with `stop`. `split`: the
+    /// channels subscribed shard by shard with sharded pub/sub.
+    pub fn start(
+        redis: Arc<RedisConn>,
+        split: Vec<String>,
+        stop: CancellationToken,
+    ) -> PubSubDriver {
         let (out, rx) = mpsc::channel(PUBLISH_QUEUE);
         let inner = Arc::new(Inner {
             redis,
@@ -78,6 +98,8 @@ impl PubSubDriver {
             connected: AtomicBool::new(false),
             attempt: AtomicUsize::new(0),
             out,
+            split,
+            sharded: ArcSwapOption::empty(),
         });
         tokio::spawn(publisher(inner.clone(), rx, stop.clone()));
         tokio::spawn(supervise(inner.clone(), stop));
@@ -118,14 +140,99 @@ impl Inner {
     }
 
     fn dispatch(&self, msg: redis::Msg) {
-        let chan = msg.get_channel_name();
+        self.deliver(msg.get_channel_name(), msg.get_payload_bytes().to_vec());
+    }
+
+    /// Hands a message of `chan` (a shard's channel: to the channel it is a shard of) to its
+    /// handler.
+    fn deliver(&self, chan: &str, payload: Vec<u8>) {
         let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = handlers.get(chan)
-            && let Err(mpsc::error::TrySendError::Full(_)) =
-                tx.try_send((chan.to_string(), msg.get_payload_bytes().to_vec()))
-        {
+        let (name, tx) = match handlers.get_key_value(chan) {
+            Some(found) => found,
+            None => {
+                let Some(base) = chan.rfind('{').map(|i| &chan[..i]) else {
+                    return;
+                };
+                match handlers.get_key_value(base) {
+                    Some(found) if chan.ends_with('}') => found,
+                    _ => return,
+                }
+            }
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send((name.clone(), payload)) {
             self.dropped("in", 1);
         }
+    }
+
+    /// The channels subscribed on the wire with sharded pub/sub: every shard of a split
+    /// channel, the others as they are.
+    fn shard_channels(&self) -> Vec<String> {
+        self.channels().iter().flat_map(|c| self.wire(c)).collect()
+    }
+
+    /// The channels `chan` is subscribed as with sharded pub/sub.
+    fn wire(&self, chan: &str) -> Vec<String> {
+        if self.split.iter().any(|c| c == chan) {
+            (0..self.redis.shards())
+                .map(|k| self.redis.shard_channel(chan, k))
+                .collect()
+        } else {
+            vec![chan.to_string()]
+        }
+    }
+
+    /// Where a message for `chan` is `SPUBLISH`ed: a split channel's shard (its one room's,
+    /// else the first), or the channel itself.
+    fn publish_channel(&self, chan: &str, payload: &[u8]) -> String {
+        if !self.split.iter().any(|c| c == chan) {
+            return chan.to_string();
+        }
+        let shard = single_room(payload).map_or(0, |room| self.redis.shard_of(&room));
+        self.redis.shard_channel(chan, shard)
+    }
+}
+
+/// The one room a broadcast request of the adapter targets, from its MessagePack encoding (an
+/// array: node id, request id, type, packet, rooms, options `[flags, rooms, except, sid,
+/// server id]`, …); None when it targets several rooms, none (everyone) or cannot be read.
+fn single_room(payload: &[u8]) -> Option<String> {
+    /// Reads the elements of an array, keeping the `rooms` of the one at `at` (an options
+    /// array when `at` is 5, the rooms list when it is 1).
+    struct Pick(usize);
+    impl<'de> Visitor<'de> for Pick {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            for _ in 0..self.0 {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(None);
+                }
+            }
+            let found = if self.0 == 1 {
+                seq.next_element::<Vec<String>>()?
+            } else {
+                seq.next_element::<Option<Opts>>()?.flatten().map(|o| o.0)
+            };
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(found)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    struct Opts(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Opts {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            Ok(Opts(d.deserialize_seq(Pick(1))?.unwrap_or_default()))
+        }
+    }
+    let mut de = rmp_serde::Deserializer::from_read_ref(payload);
+    let rooms = serde::Deserializer::deserialize_seq(&mut de, Pick(5)).ok()??;
+    match <[String; 1]>::try_from(rooms) {
+        Ok([room]) => Some(room),
+        Err(_) => None,
     }
 }
 
@@ -154,6 +261,12 @@ impl Driver for PubSubDriver {
         if let Some(mut sink) = self.inner.current_sink() {
             let _ = tokio::time::timeout(IO_TIMEOUT, sink.subscribe(&chan)).await;
         }
+        if let Some(conn) = self.inner.sharded.load_full() {
+            let mut conn = (*conn).clone();
+            for wire in self.inner.wire(&chan) {
+                let _ = tokio::time::timeout(IO_TIMEOUT, conn.ssubscribe(&wire)).await;
+            }
+        }
         Ok(MessageStream::new(rx))
     }
 
@@ -165,6 +278,12 @@ impl Driver for PubSubDriver {
             .remove(&chan);
         if let Some(mut sink) = self.inner.current_sink() {
             let _ = tokio::time::timeout(IO_TIMEOUT, sink.unsubscribe(&chan)).await;
+        }
+        if let Some(conn) = self.inner.sharded.load_full() {
+            let mut conn = (*conn).clone();
+            for wire in self.inner.wire(&chan) {
+                let _ = tokio::time::timeout(IO_TIMEOUT, conn.sunsubscribe(&wire)).await;
+            }
         }
         Ok(())
     }
@@ -199,6 +318,10 @@ async fn publisher(
         if !inner.redis.up() {
             batch.clear();
             inner.dropped("out", n);
+            continue;
+        }
+        if inner.redis.sharded() {
+            publish_sharded(&inner, &mut batch).await;
             continue;
         }
         let mut pipe = redis::pipe();
@@ -258,6 +381,50 @@ async fn publisher(
             Err(_) => {
                 tracing::debug!(lost = n, "publishing to redis timed out");
                 inner.dropped("out", n);
+            }
+        }
+    }
+}
+
+/// `SPUBLISH`es a batch: one pipeline per channel (its messages in order, on its slot's
+/// master), the channels at once.
+async fn publish_sharded(inner: &Inner, batch: &mut Vec<(String, Vec<u8>)>) {
+    let n = batch.len() as u64;
+    let Some(conn) = inner.sharded.load_full() else {
+        batch.clear();
+        inner.dropped("out", n);
+        return;
+    };
+    let mut groups: Vec<(redis::Pipeline, u64)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (chan, payload) in batch.drain(..) {
+        let wire = inner.publish_channel(&chan, &payload);
+        let i = *index.entry(wire.clone()).or_insert_with(|| {
+            groups.push((redis::pipe(), 0));
+            groups.len() - 1
+        });
+        groups[i].0.cmd("SPUBLISH").arg(wire).arg(payload).ignore();
+        groups[i].1 += 1;
+    }
+    let sends = groups.into_iter().map(|(pipe, count)| {
+        let mut conn = (*conn).clone();
+        async move {
+            let sent = tokio::time::timeout(IO_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+            (sent, count)
+        }
+    });
+    for (sent, count) in futures_util::future::join_all(sends).await {
+        match sent {
+            Ok(Ok(())) => {
+                inner.redis.metrics.redis_published.inc_by(count);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, lost = count, "publishing to redis failed");
+                inner.dropped("out", count);
+            }
+            Err(_) => {
+                tracing::debug!(lost = count, "publishing to redis timed out");
+                inner.dropped("out", count);
             }
         }
     }
@@ -329,6 +496,112 @@ async fn missing(inner: &Inner) -> Option<Vec<String>> {
 }
 
 async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
+    // A cluster says at its first check whether it has sharded pub/sub.
+    while !inner.redis.pubsub_known() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    if inner.redis.sharded() {
+        supervise_sharded(inner, stop).await
+    } else {
+        supervise_classic(inner, stop).await
+    }
+}
+
+/// `SSUBSCRIBE`s every channel (each on its slot's master); whether all succeeded.
+async fn ssubscribe_all(inner: &Inner, conn: &mut ClusterConnection) -> bool {
+    let channels = inner.shard_channels();
+    let all = async {
+        for chan in &channels {
+            conn.ssubscribe(chan).await?;
+        }
+        Ok::<_, redis::RedisError>(())
+    };
+    match tokio::time::timeout(IO_TIMEOUT, all).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "redis ssubscribe failed");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// Sharded pub/sub: one cluster connection follows the cluster (it reconnects to a node that
+/// comes back and re-subscribes there, and moves subscriptions with their slots); every few
+/// seconds each channel is subscribed again (a no-op when it still is), which also brings back
+/// a subscription the server dropped (a slot moved away from its node).
+async fn supervise_sharded(inner: Arc<Inner>, stop: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+    let client =
+        redis::cluster::ClusterClientBuilder::new(inner.redis.seeds.iter().map(String::as_str))
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(IO_TIMEOUT)
+            .retries(2)
+            .build();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "redis sharded pub/sub: cannot build the cluster client");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut conn = loop {
+        let made = tokio::select! {
+            c = tokio::time::timeout(IO_TIMEOUT, client.get_async_connection()) => c,
+            _ = stop.cancelled() => return,
+        };
+        match made {
+            Ok(Ok(c)) => break c,
+            Ok(Err(e)) => tracing::debug!(error = %e, "redis sharded pub/sub connect failed"),
+            Err(_) => tracing::debug!("redis sharded pub/sub connect timed out"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    };
+    inner.sharded.store(Some(Arc::new(conn.clone())));
+    let mut ever = false;
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            push = rx.recv() => {
+                let Some(push) = push else { return };
+                if push.kind == redis::PushKind::SMessage
+                    && let [chan, payload] = push.data.as_slice()
+                    && let (redis::Value::BulkString(chan), redis::Value::BulkString(payload)) = (chan, payload)
+                {
+                    inner.deliver(&String::from_utf8_lossy(chan), payload.clone());
+                }
+            }
+            _ = check.tick() => {
+                let was = inner.connected.load(Ordering::Acquire);
+                let ok = ssubscribe_all(&inner, &mut conn).await;
+                inner.connected.store(ok, Ordering::Release);
+                if ok && !was {
+                    if ever {
+                        inner.redis.metrics.redis_reconnects.inc();
+                        tracing::warn!("redis sharded pub/sub: subscribed again");
+                    }
+                    ever = true;
+                } else if !ok && was {
+                    tracing::warn!("redis sharded pub/sub: subscriptions failing: retrying");
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn supervise_classic(inner: Arc<Inner>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut ever = false;
     loop {
@@ -373,5 +646,55 @@ async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socketioxide_core::adapter::BroadcastOptions;
+    use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
+    use socketioxide_core::packet::Packet;
+    use socketioxide_core::{Sid, Uid, Value};
+
+    /// Encodes a request as socketioxide-redis publishes it.
+    fn encoded(rooms: &[&str], acked: bool) -> Vec<u8> {
+        let packet = Packet::event("/", Value::Str("[\"message\",{}]".into(), None));
+        let mut opts = BroadcastOptions::new(Sid::new());
+        opts.rooms = rooms.iter().map(|r| r.to_string().into()).collect();
+        opts.except = ["#node:other".to_string().into()].into_iter().collect();
+        let ty = if acked {
+            RequestTypeOut::BroadcastWithAck(&packet)
+        } else {
+            RequestTypeOut::Broadcast(&packet)
+        };
+        let req = RequestOut::new(Uid::new(), ty, &opts);
+        rmp_serde::to_vec(&req).expect("encode")
+    }
+
+    #[test]
+    fn the_room_of_a_broadcast_is_read_from_the_request() {
+        let one = encoded(&["general"], false);
+        assert_eq!(single_room(&one).as_deref(), Some("general"));
+        let acked = encoded(&["ops"], true);
+        assert_eq!(single_room(&acked).as_deref(), Some("ops"));
+        let mut o = BroadcastOptions::new(Sid::new());
+        o.rooms = ["r1".to_string().into()].into_iter().collect();
+        let req = RequestOut::new(Uid::new(), RequestTypeOut::DisconnectSockets, &o)
+            .with_ack_timeout(Some(Duration::from_secs(1)));
+        let with_timeout = rmp_serde::to_vec(&req).expect("encode");
+        assert_eq!(single_room(&with_timeout).as_deref(), Some("r1"));
+        // Several rooms or none (everyone): no single shard.
+        assert_eq!(single_room(&encoded(&["a", "b"], false)), None);
+        assert_eq!(single_room(&encoded(&[], false)), None);
+        let empty = RequestOut::new_empty(Uid::new(), RequestTypeOut::AllRooms);
+        assert_eq!(
+            single_room(&rmp_serde::to_vec(&empty).expect("encode")),
+            None
+        );
+        // Garbage is no room.
+        for bad in [&b""[..], b"\xc1", b"\x93\x01\x02", &one[..one.len() / 2]] {
+            assert_eq!(single_room(bad), None);
+        }
     }
 }

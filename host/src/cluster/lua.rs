@@ -8,15 +8,19 @@
 //! - `P:node:<id>:rooms` hash: `room 0x1f user` -> sockets of the user in the room there
 //! - `P:user:<id>` hash: `status`, `auto` (1 = automatic away), `ctext`, `cemoji`, `cexp` (ms)
 //! - `P:cexp` sorted set: user -> custom status end; `P:active` sorted set: user -> last activity
-//! - `P:typing:<room> 0x1f <thread>` hash: user -> `started|expires|socket`;
-//!   `P:typing:exp` sorted set: `room 0x1f thread 0x1e user` -> expiry
-//! - `P:hist:<room>:meta` hash: `epoch`, `last` (the room's last offset); `P:hist:<room>:log`
+//! - `R:typing:<room> 0x1f <thread>` hash: user -> `started|expires|socket`;
+//!   `R:typing:exp` sorted set: `room 0x1f thread 0x1e user` -> expiry (one per shard)
+//! - `R:hist:<room>:meta` hash: `epoch`, `last` (the room's last offset); `R:hist:<room>:log`
 //!   stream: entry id `<offset>-1`, fields `m` (the message JSON) and `t` (ms), trimmed to the
-//!   room's size, expiring after its TTL; new messages published on `P:hist`
+//!   room's size, expiring after its TTL; new messages published on `P:hist` (`P:hist{tag}`,
+//!   the room's shard, with sharded pub/sub)
 //!
-//! Keys are built inside the scripts from the prefix. On a Redis Cluster the prefix is a hash tag
-//! (`{P}`), so every key is in one slot, and each call declares one key of that slot
-//! (`P:nodes`) to be routed to its master.
+//! Keys are built inside the scripts from the prefix they are given, which each call also
+//! declares as its one key, to be routed to the master of the prefix's slot on a Redis Cluster.
+//! On one server both `P` and `R` are the configured prefix. On a cluster `P` is a hash tag
+//! (`{P}`: the instance-wide keys share one slot), and `R`, the prefix of one room's keys, is
+//! `P:{tag}` with the tag of the room's shard (see `shard_tags`): a room's keys live together
+//! and rooms spread over the slots.
 
 use std::sync::LazyLock;
 
@@ -462,7 +466,7 @@ return n
 });
 
 /// ARGV: P, room, message JSON, size, ttl ms, now ms, a new epoch (used when the room has
-/// none), channel, `1` when history is persisted. Numbers the message (`last` + 1), keeps it,
+/// none), channel, `1` when history is persisted, `PUBLISH` or `SPUBLISH`. Numbers the message (`last` + 1), keeps it,
 /// publishes `{r, o, e, b, m}` on the channel (`b`: the offset the epoch started after), all
 /// at once: every instance sees the offsets in order. Answers `{o, e}`; `{missing: true}`
 /// when the room has no history here and it is persisted (to be seeded from the database
@@ -485,7 +489,7 @@ local base = redis.call('HGET', meta, 'base') or '0'
 local offset = redis.call('HINCRBY', meta, 'last', 1)
 redis.call('XADD', log, 'MAXLEN', size, offset .. '-1', 'm', msg, 't', now)
 redis.call('PEXPIRE', log, ttl)
-redis.call('PUBLISH', chan, '{"r":' .. cjson.encode(room) .. ',"o":' .. offset .. ',"e":' ..
+redis.call(ARGV[10], chan, '{"r":' .. cjson.encode(room) .. ',"o":' .. offset .. ',"e":' ..
   cjson.encode(epoch) .. ',"b":' .. base .. ',"m":' .. msg .. '}')
 return cjson.encode({ o = offset, e = epoch })
 "#,

@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
 
+/// The channel new room-history messages are published on (under the prefix).
+pub(crate) const HISTORY_CHANNEL: &str = "hist";
+
 /// Longest wait for one Redis call on the event path.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often the monitor pings Redis.
@@ -125,14 +128,26 @@ impl ClusterInfo {
 
 /// The Redis connection shared by the state implementations and the driver.
 pub struct RedisConn {
-    /// Where the pub/sub connection goes: the server, or (cluster mode) one of the seed nodes,
-    /// tried in turn (a classic `PUBLISH` reaches the subscribers of every node of a cluster).
+    /// Where the pub/sub connection goes: the server, or (cluster mode without sharded pub/sub)
+    /// one of the seed nodes, tried in turn (a classic `PUBLISH` reaches the subscribers of
+    /// every node of a cluster).
     pubsub: Vec<redis::Client>,
+    /// Cluster mode: the seed URLs (the driver's sharded pub/sub connection starts from them).
+    pub(crate) seeds: Vec<String>,
     cmd: Commands,
     info: std::sync::Mutex<Option<ClusterInfo>>,
     up: AtomicBool,
-    /// Key and channel prefix.
+    /// Cluster mode: whether the cluster has sharded pub/sub (`SPUBLISH`, Redis 7); known
+    /// from the first successful check on, before [`RedisConn::up`] first says yes.
+    sharded: std::sync::OnceLock<bool>,
+    /// Prefix of the instance-wide keys (presence, leases, typing): `P`, or `{P}` on a Redis
+    /// Cluster (one hash slot: the presence scripts read and write them together).
     pub prefix: String,
+    /// The configured prefix `P`: channels, and the keys spread over a cluster's slots.
+    base: String,
+    /// Cluster mode: the hash tags rooms are spread over (see [`shard_tags`]); empty on one
+    /// server.
+    tags: Vec<String>,
     /// This instance's id.
     pub node: String,
     metrics: Arc<Metrics>,
@@ -168,14 +183,106 @@ impl RedisConn {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether broadcasts go over sharded pub/sub (cluster mode, Redis 7).
+    pub fn sharded(&self) -> bool {
+        self.sharded.get() == Some(&true)
+    }
+
+    /// Whether it is known yet how broadcasts go (one server: from the start; a cluster: from
+    /// the first successful check).
+    pub(crate) fn pubsub_known(&self) -> bool {
+        !self.is_cluster() || self.sharded.get().is_some()
+    }
+
+    /// The shard a room's keys and broadcasts belong to (cluster mode; 0 on one server).
+    pub(crate) fn shard_of(&self, room: &str) -> usize {
+        if self.tags.is_empty() {
+            return 0;
+        }
+        usize::from(crc16::State::<crc16::XMODEM>::calculate(room.as_bytes())) % self.tags.len()
+    }
+
+    /// How many shards (1 on one server).
+    pub(crate) fn shards(&self) -> usize {
+        self.tags.len().max(1)
+    }
+
+    /// The prefix of one room's keys: `P` on one server; `P:{tag}` on a cluster, the tag of
+    /// the room's shard (the room's keys live together, rooms spread over the slots).
+    pub(crate) fn room_prefix(&self, room: &str) -> String {
+        self.shard_prefix(self.shard_of(room))
+    }
+
+    /// The prefix of the keys of shard `k`'s rooms (see [`RedisConn::room_prefix`]).
+    pub(crate) fn shard_prefix(&self, k: usize) -> String {
+        match self.tags.get(k) {
+            Some(tag) => format!("{}:{{{tag}}}", self.base),
+            None => self.prefix.clone(),
+        }
+    }
+
+    /// A channel: `P:<name>` (never a hash tag: see [`RedisConn::shard_channel`]).
+    pub(crate) fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.base)
+    }
+
+    /// Shard `k`'s channel of a channel subscribed shard by shard: `<channel>{tag}`, in the
+    /// slot of the shard's room keys.
+    pub(crate) fn shard_channel(&self, channel: &str, k: usize) -> String {
+        match self.tags.get(k) {
+            Some(tag) => format!("{channel}{{{tag}}}"),
+            None => channel.to_string(),
+        }
+    }
+
+    /// Where a room's messages on `channel` are published: its shard's channel with sharded
+    /// pub/sub, else the channel itself.
+    pub(crate) fn room_channel(&self, channel: &str, room: &str) -> String {
+        if self.sharded() {
+            self.shard_channel(channel, self.shard_of(room))
+        } else {
+            channel.to_string()
+        }
+    }
+
+    /// A key touched by single-key commands only: under `P` on one server; on a cluster
+    /// without a hash tag, so such keys spread over every slot.
+    pub(crate) fn spread_key(&self, parts: &[&str]) -> String {
+        let mut k = if self.tags.is_empty() {
+            self.prefix.clone()
+        } else {
+            self.base.clone()
+        };
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
     /// The client of pub/sub attempt `n` (the seeds in turn).
     pub(crate) fn pubsub_client(&self, n: usize) -> &redis::Client {
         &self.pubsub[n % self.pubsub.len()]
     }
 
     /// `PUBSUB NUMSUB channel`, summed over the nodes the instances subscribe through (cluster
-    /// mode: each node counts only its own subscribers).
+    /// mode: each node counts only its own subscribers); with sharded pub/sub, `PUBSUB
+    /// SHARDNUMSUB` of the channel's first shard (summed over the nodes by the cluster
+    /// connection).
     pub(crate) async fn numsub(&self, channel: &str) -> Option<i64> {
+        if self.sharded() {
+            let shard = self.shard_channel(channel, 0);
+            let counts: std::collections::HashMap<String, i64> = self
+                .call(async |c| {
+                    redis::cmd("PUBSUB")
+                        .arg("SHARDNUMSUB")
+                        .arg(&shard)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            return Some(counts.get(&shard).copied().unwrap_or(0));
+        }
         if !self.is_cluster() {
             let (_, n): (String, i64) = self
                 .call(async |c| {
@@ -232,19 +339,31 @@ impl RedisConn {
         }
     }
 
-    /// Runs a script that answers JSON and decodes it.
+    /// Runs a script over the instance-wide keys that answers JSON and decodes it.
     pub async fn script<T: DeserializeOwned>(
         &self,
+        script: &redis::Script,
+        args: &[&str],
+    ) -> Option<T> {
+        self.script_at(&self.prefix, script, args).await
+    }
+
+    /// Runs a script over the keys under `prefix` (the instance-wide one, or a room's: see
+    /// [`RedisConn::room_prefix`]) that answers JSON and decodes it.
+    pub async fn script_at<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
         script: &redis::Script,
         args: &[&str],
     ) -> Option<T> {
         let json: String = self
             .call(async |c| {
                 let mut inv = script.prepare_invoke();
-                // The scripts build their keys from the prefix; the one declared key routes the
-                // call to the node of the prefix's slot in a Redis Cluster.
-                inv.key(self.key(&["nodes"]));
-                inv.arg(&self.prefix);
+                // The scripts build their keys from the prefix; the one declared key (the
+                // prefix itself, never written) routes the call to the master of the
+                // prefix's slot in a Redis Cluster.
+                inv.key(prefix);
+                inv.arg(prefix);
                 for a in args {
                     inv.arg(*a);
                 }
@@ -314,6 +433,46 @@ impl RedisConn {
         };
         let info = ClusterInfo::parse(&text);
         let whole = info.state == "ok";
+        if self.sharded.get().is_none() {
+            // Redis 7 knows `SPUBLISH`; an older one describes it as nil (or refuses the
+            // question).
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis::cmd("COMMAND")
+                    .arg("INFO")
+                    .arg("SPUBLISH")
+                    .query_async::<Vec<redis::Value>>(&mut conn),
+            )
+            .await;
+            let known =
+                |v: &Vec<redis::Value>| !matches!(v.first(), None | Some(redis::Value::Nil));
+            match probe {
+                Ok(Ok(v)) if known(&v) => {
+                    let _ = self.sharded.set(true);
+                    tracing::info!(
+                        shards = self.tags.len(),
+                        "redis cluster: broadcasts over sharded pub/sub"
+                    );
+                }
+                Ok(Ok(_)) => {
+                    let _ = self.sharded.set(false);
+                    tracing::warn!(
+                        "redis cluster without sharded pub/sub (SPUBLISH needs Redis 7): \
+                         broadcasts go over classic pub/sub through one node, which carries them all"
+                    );
+                }
+                Ok(Err(e)) if e.code().is_some() => {
+                    let _ = self.sharded.set(false);
+                    tracing::warn!(
+                        error = %e,
+                        "redis cluster without sharded pub/sub (SPUBLISH needs Redis 7): \
+                         broadcasts go over classic pub/sub through one node, which carries them all"
+                    );
+                }
+                // Not answered: decided at the next check.
+                _ => return false,
+            }
+        }
         self.metrics.redis_cluster_slots_ok.set(info.slots_ok);
         self.metrics.redis_cluster_nodes.set(info.known_nodes);
         *self.info.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
@@ -389,7 +548,7 @@ impl Cluster {
     /// pub/sub driver; its tasks end with `stop`.
     pub fn start(
         target: &RedisTarget,
-        prefix: &str,
+        base: &str,
         node: &str,
         lease: Duration,
         metrics: Arc<Metrics>,
@@ -401,9 +560,10 @@ impl Cluster {
                 .map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
             redis::Client::open(info).map_err(|e| anyhow::anyhow!("{var}: {e}"))
         };
-        let (pubsub, cmd, prefix) = match target {
+        let (pubsub, cmd, prefix, seeds, tags) = match target {
             RedisTarget::Server(url) => {
                 let client = open("REALTIME_REDIS_URL", url)?;
+                let prefix = base;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(1)))
                     .set_response_timeout(Some(Duration::from_secs(2)))
@@ -411,9 +571,15 @@ impl Cluster {
                     .set_max_delay(Duration::from_millis(500));
                 let cmd = ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
-                (vec![client], Commands::Server(cmd), prefix.to_string())
+                (
+                    vec![client],
+                    Commands::Server(cmd),
+                    prefix.to_string(),
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
-            RedisTarget::Cluster(seeds) => {
+            RedisTarget::Cluster { seeds, shards } => {
                 let pubsub = seeds
                     .iter()
                     .map(|s| open("REALTIME_REDIS_CLUSTER", s))
@@ -428,21 +594,37 @@ impl Cluster {
                     client: Box::new(client),
                     conn: ArcSwapOption::empty(),
                 };
-                // Every key in one hash slot: the scripts read and write several keys at once.
-                (pubsub, cmd, format!("{{{prefix}}}"))
+                let prefix = base;
+                // The instance-wide keys in one hash slot: the presence scripts read and write
+                // several of them at once.
+                (
+                    pubsub,
+                    cmd,
+                    format!("{{{prefix}}}"),
+                    seeds.clone(),
+                    shard_tags(usize::from(*shards)),
+                )
             }
         };
         metrics.redis_up.set(0);
         let redis = Arc::new(RedisConn {
             pubsub,
+            seeds,
             cmd,
             info: std::sync::Mutex::new(None),
             up: AtomicBool::new(false),
+            sharded: std::sync::OnceLock::new(),
             prefix,
+            base: base.to_string(),
+            tags,
             node: node.to_string(),
             metrics,
         });
-        let driver = driver::PubSubDriver::start(redis.clone(), stop);
+        let split = vec![
+            adapter_request_channel(base),
+            redis.channel(HISTORY_CHANNEL),
+        ];
+        let driver = driver::PubSubDriver::start(redis.clone(), split, stop);
         Ok(Arc::new(Cluster {
             redis,
             driver,
@@ -514,7 +696,7 @@ impl Cluster {
     /// reaches every instance that is back.
     pub async fn wait_peers_listening(&self, max: Duration) {
         let deadline = std::time::Instant::now() + max;
-        let channel = adapter_request_channel(&self.redis.prefix);
+        let channel = adapter_request_channel(&self.redis.base);
         let nodes = self.redis.key(&["nodes"]);
         loop {
             let since = format!("({}", now_ms());
@@ -638,7 +820,7 @@ pub async fn probe(target: &RedisTarget) -> (&'static str, String) {
                 )
             };
         }
-        RedisTarget::Cluster(seeds) => seeds,
+        RedisTarget::Cluster { seeds, .. } => seeds,
     };
     let mut answering = 0;
     let mut info: Option<String> = None;
@@ -679,6 +861,33 @@ pub async fn probe(target: &RedisTarget) -> (&'static str, String) {
     (if info.state == "ok" { "ok" } else { "degraded" }, line)
 }
 
+/// The hash tags of `n` shards: tag `k` is the first of `k.0`, `k.1`, … whose slot lies in the
+/// `k`-th of `n` equal ranges of the 16384 slots, so the shards spread evenly over masters
+/// that serve equal ranges (what `redis-cli --cluster create` makes). Every instance computes
+/// the same list.
+pub(crate) fn shard_tags(n: usize) -> Vec<String> {
+    let n = n.clamp(1, 16384);
+    (0..n)
+        .map(|k| {
+            let (lo, hi) = (k * 16384 / n, (k + 1) * 16384 / n);
+            (0u32..)
+                .map(|j| format!("{k}.{j}"))
+                .find(|tag| (lo..hi).contains(&usize::from(key_slot(tag))))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The slot of a key (its hash tag's when it has one), as a Redis Cluster computes it.
+pub(crate) fn key_slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let tagged = b.iter().position(|&c| c == b'{').and_then(|open| {
+        let len = b[open + 1..].iter().position(|&c| c == b'}')?;
+        (len > 0).then(|| &b[open + 1..open + 1 + len])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(b)) % 16384
+}
+
 /// The Socket.IO adapter's channel prefix under the cluster prefix.
 pub fn adapter_prefix(prefix: &str) -> String {
     format!("{prefix}:sio")
@@ -699,4 +908,45 @@ pub fn node_room(node: &str) -> String {
 /// The field of a (user, room) socket count.
 pub(crate) fn room_field(user: &str, room: &str) -> String {
     format!("{room}\u{1f}{user}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_as_redis_computes_them() {
+        // Figures from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(key_slot("foo"), 12182);
+        assert_eq!(key_slot("somekey"), 11058);
+        assert_eq!(key_slot("{foo}:bar"), 12182);
+        assert_eq!(key_slot("x:{foo}:y{z}"), 12182);
+        // An empty tag is no tag: the whole name counts.
+        assert_eq!(key_slot("{}foo"), key_slot("{}foo"));
+        assert_ne!(key_slot("{}foo"), key_slot("foo"));
+    }
+
+    #[test]
+    fn shard_tags_spread_evenly_over_the_slots() {
+        for n in [1, 3, 16, 100, 1024] {
+            let tags = shard_tags(n);
+            assert_eq!(tags.len(), n);
+            for (k, tag) in tags.iter().enumerate() {
+                let slot = usize::from(key_slot(tag));
+                assert!(
+                    (k * 16384 / n..(k + 1) * 16384 / n).contains(&slot),
+                    "{n} shards: tag {tag} of shard {k} is in slot {slot}"
+                );
+            }
+        }
+        // Three masters of equal ranges serve 5 or 6 of 16 shards each.
+        let per_master = shard_tags(16).iter().fold([0; 3], |mut m, t| {
+            m[usize::from(key_slot(t)) * 3 / 16384] += 1;
+            m
+        });
+        assert!(
+            per_master.iter().all(|&n| (5..=6).contains(&n)),
+            "{per_master:?}"
+        );
+    }
 }

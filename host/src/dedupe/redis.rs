@@ -24,7 +24,7 @@ impl RedisClaims {
 #[async_trait]
 impl Claims for RedisClaims {
     async fn claim(&self, user: &str, client_id: &str, sent: &Sent, ttl: Duration) -> Option<Sent> {
-        let key = self.redis.key(&["dedupe", user, client_id]);
+        let key = self.redis.spread_key(&["dedupe", user, client_id]);
         let value = serde_json::json!({"m": sent.message_id, "t": sent.timestamp}).to_string();
         let ttl = ttl.as_millis().to_string();
         let earlier: Option<String> = self

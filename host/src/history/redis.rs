@@ -177,7 +177,7 @@ impl RedisHistory {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.redis
-            .script::<Value>(&lua::HISTORY_SEED, &args)
+            .script_at::<Value>(&self.redis.room_prefix(room), &lua::HISTORY_SEED, &args)
             .await
             .ok_or_else(unavailable)?;
         Ok(())
@@ -210,7 +210,7 @@ impl RedisHistory {
     }
 
     fn channel(&self) -> String {
-        self.redis.key(&["hist"])
+        self.redis.channel(crate::cluster::HISTORY_CHANNEL)
     }
 
     fn room(&self, room: &str) -> Arc<tokio::sync::Mutex<Option<Delivered>>> {
@@ -239,7 +239,8 @@ impl RedisHistory {
         let fresh = new_epoch();
         let r: Range = self
             .redis
-            .script(
+            .script_at(
+                &self.redis.room_prefix(room),
                 &lua::HISTORY_RANGE,
                 &[
                     room,
@@ -401,7 +402,13 @@ impl History for RedisHistory {
         let ttl = settings.ttl.as_millis().to_string();
         let now = now_ms().to_string();
         let fresh = new_epoch();
-        let channel = self.channel();
+        // With sharded pub/sub the room's shard channel, in the slot of the room's keys.
+        let channel = self.redis.room_channel(&self.channel(), room);
+        let publish = if self.redis.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         let args = [
             room,
             &json,
@@ -411,17 +418,19 @@ impl History for RedisHistory {
             &fresh,
             &channel,
             self.persisted(),
+            publish,
         ];
+        let at = self.redis.room_prefix(room);
         let mut p: Published = self
             .redis
-            .script(&lua::HISTORY_PUBLISH, &args)
+            .script_at(&at, &lua::HISTORY_PUBLISH, &args)
             .await
             .ok_or_else(unavailable)?;
         if p.missing {
             self.seed(room, settings).await?;
             p = self
                 .redis
-                .script(&lua::HISTORY_PUBLISH, &args)
+                .script_at(&at, &lua::HISTORY_PUBLISH, &args)
                 .await
                 .ok_or_else(unavailable)?;
             if p.missing {

@@ -72,7 +72,7 @@ impl ConnectionRate for RedisRate {
         let minute = now_ms() / 60_000;
         let key = self
             .redis
-            .key(&["ip", &ip.to_string(), &minute.to_string()]);
+            .spread_key(&["ip", &ip.to_string(), &minute.to_string()]);
         let count: Option<i64> = self
             .redis
             .call(async |c| {

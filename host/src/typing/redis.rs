@@ -147,7 +147,8 @@ impl TypingTracker for RedisTyping {
         let ttl = ttl.num_milliseconds().max(1).to_string();
         let answer = self
             .redis
-            .script::<Typers>(
+            .script_at::<Typers>(
+                &self.redis.room_prefix(&key.room),
                 &lua::TYPING_START,
                 &[&key.room, thread_arg(&key), user_id, socket_id, &now, &ttl],
             )
@@ -164,7 +165,8 @@ impl TypingTracker for RedisTyping {
         let now = now_ms().to_string();
         let answer = self
             .redis
-            .script::<Typers>(
+            .script_at::<Typers>(
+                &self.redis.room_prefix(&key.room),
                 &lua::TYPING_STOP,
                 &[&key.room, thread_arg(&key), user_id, &now],
             )
@@ -182,30 +184,74 @@ impl TypingTracker for RedisTyping {
         if owned.is_empty() {
             return local;
         }
-        let Ok(entries) = serde_json::to_string(&owned) else {
-            return local;
-        };
-        let now = now_ms().to_string();
-        match self
-            .redis
-            .script::<RemovedList>(&lua::TYPING_CLEAR, &[socket_id, &now, &entries])
-            .await
-        {
-            Some(r) => r.list.into_iter().map(Removed::update).collect(),
-            None => local,
+        // One call per shard of the rooms (a room's typing keys are in its shard's slot).
+        let mut by_shard: HashMap<usize, Vec<Owned>> = HashMap::new();
+        for o in owned {
+            by_shard
+                .entry(self.redis.shard_of(&o.0))
+                .or_default()
+                .push(o);
         }
+        let now = now_ms().to_string();
+        let calls = by_shard.into_iter().map(|(k, owned)| {
+            let now = &now;
+            async move {
+                let entries = serde_json::to_string(&owned).ok()?;
+                self.redis
+                    .script_at::<RemovedList>(
+                        &self.redis.shard_prefix(k),
+                        &lua::TYPING_CLEAR,
+                        &[socket_id, now, &entries],
+                    )
+                    .await
+            }
+        });
+        // A shard that did not answer keeps its entries, which expire there later.
+        let answers: Vec<RemovedList> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if answers.is_empty() {
+            return local;
+        }
+        answers
+            .into_iter()
+            .flat_map(|r| r.list)
+            .map(Removed::update)
+            .collect()
     }
 
     async fn expire(&self, now: DateTime<Utc>) -> Vec<TypingUpdate> {
         let local = self.local.expire(now).await;
         let now = now.timestamp_millis().to_string();
-        match self
-            .redis
-            .script::<RemovedList>(&lua::TYPING_EXPIRE, &[&now])
+        // Every shard's expiries (one shard on one server).
+        let calls = (0..self.redis.shards()).map(|k| {
+            let now = &now;
+            async move {
+                self.redis
+                    .script_at::<RemovedList>(
+                        &self.redis.shard_prefix(k),
+                        &lua::TYPING_EXPIRE,
+                        &[now],
+                    )
+                    .await
+            }
+        });
+        // A shard that did not answer keeps its entries for a later sweep; none answering:
+        // Redis is down, the local entries expire here.
+        let answers: Vec<RemovedList> = futures_util::future::join_all(calls)
             .await
-        {
-            Some(r) => {
-                let updates: Vec<TypingUpdate> = r.list.into_iter().map(Removed::update).collect();
+            .into_iter()
+            .flatten()
+            .collect();
+        match (!answers.is_empty()).then_some(answers) {
+            Some(lists) => {
+                let updates: Vec<TypingUpdate> = lists
+                    .into_iter()
+                    .flat_map(|r| r.list)
+                    .map(Removed::update)
+                    .collect();
                 if !updates.is_empty() {
                     let mut owned = self.owned();
                     for u in &updates {

@@ -30,7 +30,7 @@ impl RedisKv {
     }
 
     fn key(&self, module: &str, key: &str) -> String {
-        self.redis.key(&["kv", module, key])
+        self.redis.spread_key(&["kv", module, key])
     }
 
     /// Runs `f` against Redis from synchronous code; None when that is not possible now.

@@ -667,3 +667,137 @@ async fn an_instance_killed_on_a_redis_cluster_is_cleaned_up_once() {
         "A -> B after the kill"
     );
 }
+
+/// Moves `slot` from master `from` to master `to` as `redis-cli --cluster reshard` does: marks it
+/// importing and migrating, `MIGRATE`s its keys, then gives it to `to` on every master.
+async fn move_slot(c: &PrivateCluster, slot: i64, from: usize, to: usize) {
+    let id = |i: usize| async move {
+        redis::from_redis_value::<String>(c.command(i, &["CLUSTER", "MYID"]).await.expect("MYID"))
+            .expect("an id")
+    };
+    let (from_id, to_id) = (id(from).await, id(to).await);
+    let slot = slot.to_string();
+    c.command(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])
+        .await
+        .expect("IMPORTING");
+    c.command(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])
+        .await
+        .expect("MIGRATING");
+    loop {
+        let keys: Vec<String> = redis::from_redis_value(
+            c.command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])
+                .await
+                .expect("GETKEYSINSLOT"),
+        )
+        .expect("names");
+        if keys.is_empty() {
+            break;
+        }
+        let port = c.ports[to].to_string();
+        let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        migrate.extend(keys.iter().map(String::as_str));
+        c.command(from, &migrate).await.expect("MIGRATE");
+        // Traffic goes on between the keys' moves.
+        tokio::time::sleep(ms(50)).await;
+    }
+    for i in [to, from, 3 - to - from] {
+        c.command(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])
+            .await
+            .expect("SETSLOT NODE");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_slot_moved_to_another_master_mid_traffic_loses_nothing() {
+    let c = PrivateCluster::start(3).await;
+    let s = Instances::start(&c, "rc-move", 2, &[("REALTIME_HISTORY_SIZE", "1000")]).await;
+    let mut a = s.hosts[0].joined("alice", "general").await;
+    let mut b = s.hosts[1].joined("bob", "general").await;
+    assert!(delivered(&mut a, &mut b, "m0").await, "across instances");
+    let keys = KeysBy::read(&c, &s.prefix).await;
+    let (from, meta, slot) = keys
+        .all
+        .iter()
+        .find(|(_, k, _)| k.ends_with(":hist:general:meta"))
+        .cloned()
+        .expect("the room's history keys");
+    let to = (from + 1) % 3;
+
+    // Alice sends 150 messages, one after the other's ack, while the room's slot moves.
+    const N: usize = 150;
+    let sender = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        for i in 1..=N {
+            acks.push(a.send_message("general", &format!("m{i}")).await);
+            tokio::time::sleep(ms(10)).await;
+        }
+        (a, acks)
+    });
+    tokio::time::sleep(ms(300)).await;
+    move_slot(&c, slot, from, to).await;
+    let moved = Instant::now();
+    assert_eq!(c.master_of(&meta).await, Some(to), "the slot moved");
+    // Both instances' subscriptions to the room's shard channels followed the slot.
+    let tag = &meta[meta.find('{').expect("tag")..=meta.find('}').expect("tag")];
+    let shard_channels = [
+        format!("{}:sio-request#/#{tag}", s.prefix),
+        format!("{}:hist{tag}", s.prefix),
+    ];
+    for chan in &shard_channels {
+        loop {
+            let counts: Vec<redis::Value> = redis::from_redis_value(
+                c.command(to, &["PUBSUB", "SHARDNUMSUB", chan])
+                    .await
+                    .expect("SHARDNUMSUB"),
+            )
+            .expect("list");
+            let n: i64 = redis::from_redis_value(counts[1].clone()).expect("count");
+            if n == 2 {
+                break;
+            }
+            assert!(
+                moved.elapsed() < Duration::from_secs(5),
+                "{chan}: {n} subscribers on the new master"
+            );
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+    println!(
+        "subscriptions on the new master {:?} after the move",
+        moved.elapsed()
+    );
+    let (_a, acks) = sender.await.expect("sender");
+    let failed: Vec<&Value> = acks
+        .iter()
+        .filter(|a| a["success"] != json!(true))
+        .collect();
+    assert!(failed.is_empty(), "every message acknowledged: {failed:?}");
+    // Bob (the other instance) gets all of them once, in order, numbered without a gap.
+    let mut got = Vec::new();
+    while got.len() < N {
+        let Some(m) = b.next_event("message:new", ms(5000)).await else {
+            break;
+        };
+        got.push(m);
+    }
+    let texts: Vec<String> = got
+        .iter()
+        .map(|m| m["content"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let want: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, want, "every message once, in order");
+    let offsets: Vec<u64> = got.iter().filter_map(|m| m["offset"].as_u64()).collect();
+    let epochs: BTreeSet<&str> = got.iter().filter_map(|m| m["epoch"].as_str()).collect();
+    assert_eq!(
+        offsets,
+        (2..=N as u64 + 1).collect::<Vec<_>>(),
+        "offsets run on"
+    );
+    assert_eq!(
+        epochs.len(),
+        1,
+        "one epoch: the history moved with its slot"
+    );
+    b.expect_none("message:new", ms(300)).await;
+    s.stop().await;
+}

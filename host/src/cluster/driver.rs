@@ -530,9 +530,9 @@ async fn ssubscribe_all(inner: &Inner, conn: &mut ClusterConnection) -> bool {
 }
 
 /// Sharded pub/sub: one cluster connection follows the cluster (it reconnects to a node that
-/// comes back and re-subscribes there, and moves subscriptions with their slots); every few
-/// seconds each channel is subscribed again (a no-op when it still is), which also brings back
-/// a subscription the server dropped (a slot moved away from its node).
+/// comes back and re-subscribes there); every few seconds, and at once when the server drops a
+/// subscription (its slot moved to another master), each channel is subscribed again (a no-op
+/// where it still is).
 async fn supervise_sharded(inner: Arc<Inner>, stop: CancellationToken) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
     let client =
@@ -575,6 +575,12 @@ async fn supervise_sharded(inner: Arc<Inner>, stop: CancellationToken) {
         tokio::select! {
             push = rx.recv() => {
                 let Some(push) = push else { return };
+                if push.kind == redis::PushKind::SUnsubscribe {
+                    // The server dropped a subscription (its slot moved to another master):
+                    // subscribe again now, which the client routes to the new owner.
+                    check.reset_immediately();
+                    continue;
+                }
                 if push.kind == redis::PushKind::SMessage
                     && let [chan, payload] = push.data.as_slice()
                     && let (redis::Value::BulkString(chan), redis::Value::BulkString(payload)) = (chan, payload)

@@ -15,8 +15,9 @@
 //!   room's size, expiring after its TTL; new messages published on `P:hist` (`P:hist{tag}`,
 //!   the room's shard, with sharded pub/sub)
 //!
-//! Keys are built inside the scripts from the prefix they are given, which each call also
-//! declares as its one key, to be routed to the master of the prefix's slot on a Redis Cluster.
+//! Keys are built inside the scripts from the prefix they are given (ARGV[1]); each call
+//! declares the keys it is about (KEYS), which routes it to the master of the prefix's slot on
+//! a Redis Cluster and keeps it with them while the slot migrates.
 //! On one server both `P` and `R` are the configured prefix. On a cluster `P` is a hash tag
 //! (`{P}`: the instance-wide keys share one slot), and `R`, the prefix of one room's keys, is
 //! `P:{tag}` with the tag of the room's shard (see `shard_tags`): a room's keys live together

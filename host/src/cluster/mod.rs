@@ -345,24 +345,28 @@ impl RedisConn {
         script: &redis::Script,
         args: &[&str],
     ) -> Option<T> {
-        self.script_at(&self.prefix, script, args).await
+        self.script_at(&self.prefix, &[&self.key(&["nodes"])], script, args)
+            .await
     }
 
     /// Runs a script over the keys under `prefix` (the instance-wide one, or a room's: see
-    /// [`RedisConn::room_prefix`]) that answers JSON and decodes it.
+    /// [`RedisConn::room_prefix`]) that answers JSON and decodes it. The scripts build their
+    /// keys from the prefix; `keys` (at least one) are declared: they route the call to the
+    /// master of the prefix's slot on a Redis Cluster, and while that slot migrates Redis runs
+    /// the call where those keys are (or answers `TRYAGAIN`, which the client retries).
     pub async fn script_at<T: DeserializeOwned>(
         &self,
         prefix: &str,
+        keys: &[&str],
         script: &redis::Script,
         args: &[&str],
     ) -> Option<T> {
         let json: String = self
             .call(async |c| {
                 let mut inv = script.prepare_invoke();
-                // The scripts build their keys from the prefix; the one declared key (the
-                // prefix itself, never written) routes the call to the master of the
-                // prefix's slot in a Redis Cluster.
-                inv.key(prefix);
+                for k in keys {
+                    inv.key(*k);
+                }
                 inv.arg(prefix);
                 for a in args {
                     inv.arg(*a);

@@ -176,8 +176,9 @@ impl RedisHistory {
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (at, keys) = self.keys(room);
         self.redis
-            .script_at::<Value>(&self.redis.room_prefix(room), &lua::HISTORY_SEED, &args)
+            .script_at::<Value>(&at, &[&keys[0], &keys[1]], &lua::HISTORY_SEED, &args)
             .await
             .ok_or_else(unavailable)?;
         Ok(())
@@ -209,6 +210,16 @@ impl RedisHistory {
         Ok(answer)
     }
 
+    /// The prefix of a room's keys and the keys its scripts use (meta, log).
+    fn keys(&self, room: &str) -> (String, [String; 2]) {
+        let at = self.redis.room_prefix(room);
+        let keys = [
+            format!("{at}:hist:{room}:meta"),
+            format!("{at}:hist:{room}:log"),
+        ];
+        (at, keys)
+    }
+
     fn channel(&self) -> String {
         self.redis.channel(crate::cluster::HISTORY_CHANNEL)
     }
@@ -237,10 +248,12 @@ impl RedisHistory {
         let count = count.to_string();
         let rev = if newest_first { "1" } else { "0" };
         let fresh = new_epoch();
+        let (at, keys) = self.keys(room);
         let r: Range = self
             .redis
             .script_at(
-                &self.redis.room_prefix(room),
+                &at,
+                &[&keys[0], &keys[1]],
                 &lua::HISTORY_RANGE,
                 &[
                     room,
@@ -420,17 +433,18 @@ impl History for RedisHistory {
             self.persisted(),
             publish,
         ];
-        let at = self.redis.room_prefix(room);
+        let (at, keys) = self.keys(room);
+        let keys = [keys[0].as_str(), keys[1].as_str()];
         let mut p: Published = self
             .redis
-            .script_at(&at, &lua::HISTORY_PUBLISH, &args)
+            .script_at(&at, &keys, &lua::HISTORY_PUBLISH, &args)
             .await
             .ok_or_else(unavailable)?;
         if p.missing {
             self.seed(room, settings).await?;
             p = self
                 .redis
-                .script_at(&at, &lua::HISTORY_PUBLISH, &args)
+                .script_at(&at, &keys, &lua::HISTORY_PUBLISH, &args)
                 .await
                 .ok_or_else(unavailable)?;
             if p.missing {

@@ -124,6 +124,17 @@ impl RedisTyping {
         }
     }
 
+    /// The prefix of a typing entry's room keys and the keys its scripts use (the entry's
+    /// hash, the shard's expiry set).
+    fn keys(&self, key: &TypingKey) -> (String, [String; 2]) {
+        let at = self.redis.room_prefix(&key.room);
+        let keys = [
+            format!("{at}:typing:{}\u{1f}{}", key.room, thread_arg(key)),
+            format!("{at}:typing:exp"),
+        ];
+        (at, keys)
+    }
+
     fn owned(&self) -> std::sync::MutexGuard<'_, OwnedBySocket> {
         self.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -145,10 +156,12 @@ impl TypingTracker for RedisTyping {
             .insert(entry(&key, user_id));
         let now = now_ms().to_string();
         let ttl = ttl.num_milliseconds().max(1).to_string();
+        let (at, keys) = self.keys(&key);
         let answer = self
             .redis
             .script_at::<Typers>(
-                &self.redis.room_prefix(&key.room),
+                &at,
+                &[&keys[0], &keys[1]],
                 &lua::TYPING_START,
                 &[&key.room, thread_arg(&key), user_id, socket_id, &now, &ttl],
             )
@@ -163,10 +176,12 @@ impl TypingTracker for RedisTyping {
             owned.remove(&gone);
         }
         let now = now_ms().to_string();
+        let (at, keys) = self.keys(&key);
         let answer = self
             .redis
             .script_at::<Typers>(
-                &self.redis.room_prefix(&key.room),
+                &at,
+                &[&keys[0], &keys[1]],
                 &lua::TYPING_STOP,
                 &[&key.room, thread_arg(&key), user_id, &now],
             )
@@ -200,6 +215,7 @@ impl TypingTracker for RedisTyping {
                 self.redis
                     .script_at::<RemovedList>(
                         &self.redis.shard_prefix(k),
+                        &[&format!("{}:typing:exp", self.redis.shard_prefix(k))],
                         &lua::TYPING_CLEAR,
                         &[socket_id, now, &entries],
                     )
@@ -232,6 +248,7 @@ impl TypingTracker for RedisTyping {
                 self.redis
                     .script_at::<RemovedList>(
                         &self.redis.shard_prefix(k),
+                        &[&format!("{}:typing:exp", self.redis.shard_prefix(k))],
                         &lua::TYPING_EXPIRE,
                         &[now],
                     )

@@ -172,7 +172,7 @@ impl Drop for PrivateRedis {
 /// may be killed and started again on its port (it keeps its `nodes.conf`, so it rejoins with
 /// its slots, empty).
 pub struct PrivateCluster {
-    /// Client port of each master.
+    /// Client port of each node.
     pub ports: Vec<u16>,
     bus: Vec<u16>,
     dir: tempfile::TempDir,
@@ -190,21 +190,59 @@ impl PrivateCluster {
 
     /// [`PrivateCluster::start`] with more `redis-server` arguments for every node.
     pub async fn start_with(masters: usize, extra: &[&str]) -> PrivateCluster {
+        PrivateCluster::form(masters, 0, extra).await
+    }
+
+    /// `masters` masters with one replica each (nodes `masters..2*masters` start as replicas;
+    /// which master each follows is `redis-cli`'s choice): a killed master fails over.
+    pub async fn start_replicated(masters: usize) -> PrivateCluster {
+        // A replica syncs at once and may take over whatever its data's age.
+        let fast = [
+            "--repl-diskless-sync-delay",
+            "0",
+            "--cluster-replica-validity-factor",
+            "0",
+        ];
+        let c = PrivateCluster::form(masters, 1, &fast).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..c.ports.len() {
+            loop {
+                let info: String = c
+                    .command(i, &["INFO", "replication"])
+                    .await
+                    .ok()
+                    .and_then(|v| redis::from_redis_value(v).ok())
+                    .unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {i} did not sync within 30 s: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        c
+    }
+
+    async fn form(masters: usize, replicas: usize, extra: &[&str]) -> PrivateCluster {
+        let n = masters * (1 + replicas);
         let mut c = PrivateCluster {
-            ports: (0..masters).map(|_| crate::free_port()).collect(),
-            bus: (0..masters).map(|_| crate::free_port()).collect(),
+            ports: (0..n).map(|_| crate::free_port()).collect(),
+            bus: (0..n).map(|_| crate::free_port()).collect(),
             dir: tempfile::tempdir().expect("temp dir"),
-            children: (0..masters).map(|_| None).collect(),
+            children: (0..n).map(|_| None).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        for i in 0..masters {
+        for i in 0..n {
             c.spawn(i).await;
         }
         let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli must be installed (Debian package redis-tools)");
@@ -298,12 +336,13 @@ impl PrivateCluster {
         command(&self.url(i), args).await
     }
 
-    /// The master (index) that serves `key`'s slot.
+    /// The master (index) that serves `key`'s slot, as the first running node sees it.
     pub async fn master_of(&self, key: &str) -> Option<usize> {
+        let ask = self.children.iter().position(Option::is_some)?;
         let slot: i64 =
-            redis::from_redis_value(self.command(0, &["CLUSTER", "KEYSLOT", key]).await.ok()?)
+            redis::from_redis_value(self.command(ask, &["CLUSTER", "KEYSLOT", key]).await.ok()?)
                 .ok()?;
-        let slots = self.command(0, &["CLUSTER", "SLOTS"]).await.ok()?;
+        let slots = self.command(ask, &["CLUSTER", "SLOTS"]).await.ok()?;
         let redis::Value::Array(ranges) = slots else {
             return None;
         };

@@ -11,7 +11,9 @@
 //! - one of three server processes SIGKILLed: its users with no socket elsewhere go offline
 //!   once, after the lease, and the survivors keep serving each other;
 //! - a typing entry expires once across three instances;
-//! - `init` reports the cluster; both Redis variables together stop the start.
+//! - `init` reports the cluster; both Redis variables together stop the start;
+//! - Redis 6 (no `SPUBLISH`): classic pub/sub; a room's slot moved to another master (MOVED/ASK)
+//!   mid-traffic and a master failing over to its replica lose nothing.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -799,5 +801,127 @@ async fn a_rooms_slot_moved_to_another_master_mid_traffic_loses_nothing() {
         "one epoch: the history moved with its slot"
     );
     b.expect_none("message:new", ms(300)).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_fails_over_to_its_replica_mid_traffic() {
+    let mut c = PrivateCluster::start_replicated(3).await;
+    let s = Instances::start(&c, "rc-failover", 2, &[("REALTIME_HISTORY_SIZE", "100")]).await;
+    let mut a = s.hosts[0].joined("alice", "general").await;
+    let mut a2 = s.hosts[0].joined("amy", "general").await;
+    let mut b = s.hosts[1].joined("bob", "general").await;
+    let mut obs = s.hosts[0].client("observer").await;
+    for i in 0..3 {
+        assert!(
+            delivered(&mut a, &mut b, &format!("before {i}")).await,
+            "across instances"
+        );
+    }
+    let before = a.send_message("general", "last before").await;
+    let (epoch, last) = (
+        before["data"]["epoch"].as_str().expect("epoch").to_string(),
+        before["data"]["offset"].as_u64().expect("offset"),
+    );
+    // Kill the master of the room's shard (its history) or, if that is the prefix's master,
+    // of both; its replica has the keys.
+    let keys = KeysBy::read(&c, &s.prefix).await;
+    let (victim, meta, _) = keys
+        .all
+        .iter()
+        .find(|(_, k, _)| k.ends_with(":hist:general:meta"))
+        .cloned()
+        .expect("the room's history keys");
+    // Replication is asynchronous: a failover keeps what the replica has (what it has not
+    // got yet is lost, as in any Redis failover). Wait until it has everything.
+    let synced = Instant::now();
+    loop {
+        let info: String = redis::from_redis_value(
+            c.command(victim, &["INFO", "replication"])
+                .await
+                .expect("INFO"),
+        )
+        .expect("text");
+        let field = |prefix: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(str::trim)
+                .map(str::to_string)
+        };
+        let master = field("master_repl_offset:");
+        let replica = field("slave0:").and_then(|l| {
+            l.split(',')
+                .find_map(|kv| kv.strip_prefix("offset="))
+                .map(str::to_string)
+        });
+        if master.is_some() && master == replica {
+            break;
+        }
+        assert!(
+            synced.elapsed() < Duration::from_secs(10),
+            "the replica never caught up: {info}"
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+    c.kill(victim);
+    let killed = Instant::now();
+    // Local delivery goes on while the slot has no master.
+    for i in 0..3 {
+        let text = format!("during {i}");
+        assert!(
+            delivered(&mut a, &mut a2, &text).await,
+            "{text} within instance 0"
+        );
+    }
+    // The replica takes over (node timeout 2 s), the instances come back to `ok`.
+    loop {
+        if c.master_of(&meta).await.is_some_and(|m| m != victim) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no replica took over the slot"
+        );
+        tokio::time::sleep(ms(100)).await;
+    }
+    c.wait_ok().await;
+    eprintln!(c.command(nm, &["KEYS", "*general*"]).await);
+    s.wait_redis("ok", ms(20_000)).await;
+    eprintln!(c.command(nm, &["KEYS", "*general*"]).await);
+    let mut after = None;
+    for i in 0..20 {
+        let text = format!("after {i}");
+        let ack = a.send_message("general", &text).await;
+        if ack["success"] == json!(true)
+            && let Some(m) = b
+                .next_event_where("message:new", ms(2000), |m| m["content"] == text)
+                .await
+        {
+            after = Some(m);
+            break;
+        }
+    }
+    let after = after.expect("cross-instance delivery after the failover");
+    println!(
+        "cross-instance delivery back {:?} after the master was killed",
+        killed.elapsed()
+    );
+    // The history survived on the replica: the same epoch, numbering on.
+    assert_eq!(after["epoch"], epoch.as_str(), "{after}");
+    assert!(
+        after["offset"].as_u64() > Some(last),
+        "{after} after {last}"
+    );
+    // Presence survived too: bob's second socket does not announce him again; a newcomer is
+    // announced across instances.
+    let _b2 = s.hosts[0].client("bob").await;
+    obs.expect_none_where("presence:changed", ms(800), of("bob"))
+        .await;
+    let _n = s.hosts[1].client("nina").await;
+    let seen = obs
+        .next_event_where("presence:changed", ms(3000), of("nina"))
+        .await
+        .expect("nina online across instances");
+    assert_eq!(seen["status"], "online", "{seen}");
     s.stop().await;
 }

@@ -3,11 +3,11 @@
 //! - the harness itself: a hash tag keeps one room's keys on one master while rooms spread over
 //!   all of them, and a killed master started again on its port takes its slots back, empty;
 //! - three instances share rooms, messages, presence and typing through the cluster, report it
-//!   in `/health`, `/metrics` and `init`; the instance-wide keys share the prefix's slot, each
-//!   room's keys its shard's slot, the rooms spread over every master, and broadcasts go over
-//!   sharded pub/sub on every master;
-//! - the master holding that slot killed mid-traffic and started again: local delivery goes on,
-//!   `/health` says so, and cross-instance delivery and presence come back;
+//!   in `/health`, `/metrics` and `init`; one user's or one room's keys share their shard's
+//!   slot, the shards spread over every master, and broadcasts go over sharded pub/sub on
+//!   every master;
+//! - the master holding a user's presence killed mid-traffic and started again (empty): local
+//!   delivery goes on, `/health` says so, and cross-instance delivery and presence come back;
 //! - one of three server processes SIGKILLed: its users with no socket elsewhere go offline
 //!   once, after the lease, and the survivors keep serving each other;
 //! - a typing entry expires once across three instances;
@@ -269,22 +269,54 @@ async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster
         assert_eq!(ack["success"], json!(true), "{ack}");
     }
     let keys = KeysBy::read(&c, &s.prefix).await;
-    // The instance-wide keys (presence, leases) share the prefix's slot, on one master.
-    let tag = format!("{{{}}}", s.prefix);
-    let owner = c.master_of(&tag).await.expect("owner of the prefix's slot");
-    let wide: Vec<&(usize, String, i64)> = keys
+    // Every key is in a shard's slot (`P:{tag}:…`: leases, presence, rooms) or carries no
+    // tag (single-key state); the leases are renewed in all 16 shards, over every master.
+    let shard_prefix = format!("{}:{{", s.prefix);
+    for (_, k, _) in &keys.all {
+        assert!(
+            k.starts_with(&shard_prefix)
+                || [":dedupe:", ":kv:", ":ip:"]
+                    .iter()
+                    .any(|p| k.starts_with(&format!("{}{p}", s.prefix))),
+            "{k}"
+        );
+    }
+    let leases: Vec<&(usize, String, i64)> = keys
         .all
         .iter()
-        .filter(|(_, k, _)| k.starts_with(&tag))
+        .filter(|(_, k, _)| k.starts_with(&shard_prefix) && k.ends_with("}:nodes"))
         .collect();
-    assert!(
-        wide.iter().any(|(_, k, _)| k.contains(":nodes")),
-        "{wide:?}"
-    );
-    assert!(
-        wide.iter().all(|(m, _, _)| *m == owner),
-        "instance-wide keys on the prefix's master {owner}: {wide:?}"
-    );
+    assert_eq!(leases.len(), 16, "a lease set per shard: {leases:?}");
+    let lease_masters: BTreeSet<usize> = leases.iter().map(|(m, _, _)| *m).collect();
+    assert_eq!(lease_masters.len(), 3, "{leases:?}");
+    // One user's presence keys live together: the status hash of each user sits in the slot
+    // of the shard whose per-instance hash counts the user's sockets.
+    for user in ["alice", "bob", "dora", "observer"] {
+        let status = keys
+            .all
+            .iter()
+            .find(|(_, k, _)| k.ends_with(&format!(":user:{user}")))
+            .unwrap_or_else(|| panic!("{user}'s status hash"));
+        let counted: Vec<i64> = {
+            let mut v = Vec::new();
+            for (m, k, slot) in keys.all.iter().filter(|(_, k, _)| k.ends_with(":users")) {
+                let has: i64 = redis::from_redis_value(
+                    c.command(*m, &["HEXISTS", k, user]).await.expect("HEXISTS"),
+                )
+                .expect("0 or 1");
+                if has == 1 {
+                    v.push(*slot);
+                }
+            }
+            v
+        };
+        assert!(!counted.is_empty(), "{user}'s sockets are counted");
+        assert!(
+            counted.iter().all(|s| *s == status.2),
+            "{user}: status in slot {}, counts in {counted:?}",
+            status.2
+        );
+    }
     // A room's keys share one slot; the rooms spread over every master.
     let mut masters = BTreeSet::new();
     for room in &rooms {
@@ -353,7 +385,7 @@ async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_master_of_the_prefix_killed_and_restarted_mid_traffic() {
+async fn the_master_of_a_users_presence_killed_and_restarted_mid_traffic() {
     let mut c = PrivateCluster::start(3).await;
     let s = Instances::start(&c, "rc-kill", 2, &[]).await;
     let mut a = s.hosts[0].joined("alice", "general").await;
@@ -364,10 +396,14 @@ async fn the_master_of_the_prefix_killed_and_restarted_mid_traffic() {
         "across instances"
     );
 
-    let owner = c
-        .master_of(&format!("{{{}}}", s.prefix))
-        .await
-        .expect("owner");
+    // The master holding bob's presence: it comes back empty.
+    let keys = KeysBy::read(&c, &s.prefix).await;
+    let (owner, _, _) = keys
+        .all
+        .iter()
+        .find(|(_, k, _)| k.ends_with(":user:bob"))
+        .cloned()
+        .expect("bob's status hash");
     c.kill(owner);
     s.wait_redis("down", ms(10_000)).await;
     // Local delivery goes on while the cluster is down.

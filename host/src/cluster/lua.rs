@@ -2,15 +2,17 @@
 //! (first socket of a user, last socket, an expiry, a dead instance's cleanup) happen once
 //! cluster-wide however many instances race for it.
 //!
-//! Layout under the prefix `P` (ARGV[1] of every script but `CLAIM`):
-//! - `P:nodes` sorted set: instance id -> lease end (ms)
-//! - `P:node:<id>:users` hash: user -> sockets on that instance
-//! - `P:node:<id>:rooms` hash: `room 0x1f user` -> sockets of the user in the room there
-//! - `P:user:<id>` hash: `status`, `auto` (1 = automatic away), `ctext`, `cemoji`, `cexp` (ms)
-//! - `P:cexp` sorted set: user -> custom status end; `P:active` sorted set: user -> last activity
-//! - `R:typing:<room> 0x1f <thread>` hash: user -> `started|expires|socket`;
-//!   `R:typing:exp` sorted set: `room 0x1f thread 0x1e user` -> expiry (one per shard)
-//! - `R:hist:<room>:meta` hash: `epoch`, `last` (the room's last offset); `R:hist:<room>:log`
+//! Layout under a shard's prefix `S` (ARGV[1] of every script but `CLAIM` and `INCR`); each
+//! shard holds the state of its users and rooms (a user's or room's shard: see
+//! `RedisConn::shard_of`), so the scripts of one user or room stay in one slot:
+//! - `S:nodes` sorted set: instance id -> lease end (ms), renewed in every shard
+//! - `S:node:<id>:users` hash: user -> sockets on that instance
+//! - `S:node:<id>:rooms` hash: `room 0x1f user` -> sockets of the user in the room there
+//! - `S:user:<id>` hash: `status`, `auto` (1 = automatic away), `ctext`, `cemoji`, `cexp` (ms)
+//! - `S:cexp` sorted set: user -> custom status end; `S:active` sorted set: user -> last activity
+//! - `S:typing:<room> 0x1f <thread>` hash: user -> `started|expires|socket`;
+//!   `S:typing:exp` sorted set: `room 0x1f thread 0x1e user` -> expiry
+//! - `S:hist:<room>:meta` hash: `epoch`, `last` (the room's last offset); `S:hist:<room>:log`
 //!   stream: entry id `<offset>-1`, fields `m` (the message JSON) and `t` (ms), trimmed to the
 //!   room's size, expiring after its TTL; new messages published on `P:hist` (`P:hist{tag}`,
 //!   the room's shard, with sharded pub/sub)
@@ -18,10 +20,9 @@
 //! Keys are built inside the scripts from the prefix they are given (ARGV[1]); each call
 //! declares the keys it is about (KEYS), which routes it to the master of the prefix's slot on
 //! a Redis Cluster and keeps it with them while the slot migrates.
-//! On one server both `P` and `R` are the configured prefix. On a cluster `P` is a hash tag
-//! (`{P}`: the instance-wide keys share one slot), and `R`, the prefix of one room's keys, is
-//! `P:{tag}` with the tag of the room's shard (see `shard_tags`): a room's keys live together
-//! and rooms spread over the slots.
+//! On one server there is one shard and `S` is the configured prefix `P`. On a cluster `S` is
+//! `P:{tag}` with the shard's hash tag (see `shard_tags`): one user's or one room's keys live
+//! together, and users and rooms spread over the slots.
 
 use std::sync::LazyLock;
 
@@ -200,8 +201,8 @@ return cjson.encode({ changed = false })
 });
 
 /// ARGV: P, now, force. Instances whose lease ended (or `force`) are removed; returns them,
-/// their users left with no socket on a live instance, and the rooms those users were in there
-/// (for `REALTIME_PRESENCE_SCOPE=rooms`).
+/// their users left with no socket on a live instance, the (room, user) pairs of their
+/// sockets (for `REALTIME_PRESENCE_SCOPE=rooms`) and the pairs with no socket left anywhere.
 pub static REAP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -213,7 +214,7 @@ else
   dead = redis.call('ZRANGEBYSCORE', P .. ':nodes', '-inf', now, 'LIMIT', 0, 100)
 end
 local gone = {}
-local rooms = {}
+local pairs_ = {}
 local left = {}
 for _, node in ipairs(dead) do
   local hk = P .. ':node:' .. node .. ':users'
@@ -226,14 +227,13 @@ for _, node in ipairs(dead) do
     if total(u, '', now) == 0 then
       offline(u, now)
       table.insert(gone, u)
-      rooms[u] = {}
     end
   end
   local live = redis.call('ZRANGEBYSCORE', P .. ':nodes', '(' .. now, '+inf')
   for _, f in ipairs(fields) do
     local room, u = string.match(f, '^(.-)\31(.*)$')
     if room then
-      if rooms[u] then table.insert(rooms[u], room) end
+      table.insert(pairs_, { room, u })
       local n = 0
       for _, other in ipairs(live) do
         n = n + (tonumber(redis.call('HGET', P .. ':node:' .. other .. ':rooms', f) or '0') or 0)
@@ -242,7 +242,7 @@ for _, node in ipairs(dead) do
     end
   end
 end
-return cjson.encode({ nodes = dead, users = gone, rooms = rooms, left = left })
+return cjson.encode({ nodes = dead, users = gone, pairs = pairs_, left = left })
 "#,
     )
 });

@@ -339,14 +339,32 @@ impl RedisConn {
         }
     }
 
-    /// Runs a script over the instance-wide keys that answers JSON and decodes it.
-    pub async fn script<T: DeserializeOwned>(
+    /// Runs a presence script in shard `k` (its prefix as ARGV[1], its `nodes` declared).
+    pub async fn script_in<T: DeserializeOwned>(
         &self,
+        k: usize,
         script: &redis::Script,
         args: &[&str],
     ) -> Option<T> {
-        self.script_at(&self.prefix, &[&self.key(&["nodes"])], script, args)
+        let at = self.shard_prefix(k);
+        self.script_at(&at, &[&self.nodes_key(k)], script, args)
             .await
+    }
+
+    /// Runs a presence script in every shard at once; each shard's answer.
+    pub async fn script_each<T: DeserializeOwned>(
+        &self,
+        script: &redis::Script,
+        args: &[&str],
+    ) -> Vec<Option<T>> {
+        futures_util::future::join_all((0..self.shards()).map(|k| self.script_in(k, script, args)))
+            .await
+    }
+
+    /// Shard `k`'s sorted set of instance leases (every shard has one; on one server the
+    /// only one is `P:nodes`).
+    pub(crate) fn nodes_key(&self, k: usize) -> String {
+        format!("{}:nodes", self.shard_prefix(k))
     }
 
     /// Runs a script over the keys under `prefix` (the instance-wide one, or a room's: see
@@ -511,9 +529,9 @@ struct Reaped {
     users: Vec<String>,
     #[serde(default, deserialize_with = "de_list")]
     nodes: Vec<String>,
-    /// user -> rooms (an empty list may come as `{}`).
-    #[serde(default)]
-    rooms: serde_json::Value,
+    /// [room, user] pairs of the dead instances' sockets.
+    #[serde(default, deserialize_with = "de_list")]
+    pairs: Vec<(String, String)>,
     /// [room, user] pairs of the dead instances with no socket of the user in the room left
     /// anywhere.
     #[serde(default, deserialize_with = "de_list")]
@@ -701,7 +719,7 @@ impl Cluster {
     pub async fn wait_peers_listening(&self, max: Duration) {
         let deadline = std::time::Instant::now() + max;
         let channel = adapter_request_channel(&self.redis.base);
-        let nodes = self.redis.key(&["nodes"]);
+        let nodes = self.redis.nodes_key(0);
         loop {
             let since = format!("({}", now_ms());
             let live: Option<i64> = self
@@ -739,20 +757,28 @@ impl Cluster {
     /// did not answer.
     pub async fn renew_lease(&self) -> Option<bool> {
         let until = now_ms() + self.lease.as_millis() as i64;
-        let key = self.redis.key(&["nodes"]);
-        let node = self.redis.node.clone();
-        let added = self
-            .redis
-            .call(async |c| {
-                redis::cmd("ZADD")
-                    .arg(&key)
-                    .arg(until)
-                    .arg(&node)
-                    .query_async::<i64>(c)
+        let node = &self.redis.node;
+        // In every shard: each shard's scripts count the instances live there.
+        let renewals = (0..self.redis.shards()).map(|k| {
+            let key = self.redis.nodes_key(k);
+            async move {
+                self.redis
+                    .call(async |c| {
+                        redis::cmd("ZADD")
+                            .arg(&key)
+                            .arg(until)
+                            .arg(node)
+                            .query_async::<i64>(c)
+                            .await
+                    })
                     .await
-            })
-            .await?;
-        Some(added == 0)
+            }
+        });
+        let added: Option<Vec<i64>> = futures_util::future::join_all(renewals)
+            .await
+            .into_iter()
+            .collect();
+        Some(added?.iter().all(|&a| a == 0))
     }
 
     /// Crash cleanup: forgets the sockets of instances whose lease expired (or of `force`,
@@ -760,31 +786,43 @@ impl Cluster {
     /// returned once, cluster-wide: the script runs atomically).
     pub async fn reap(&self, force: Option<&str>) -> Option<Reaping> {
         let now = now_ms().to_string();
-        let r: Reaped = self
+        // Each shard reaps its own users and rooms (once: its script runs atomically); a shard
+        // that does not answer keeps the dead instance's lease and is reaped at a later tick.
+        let answers: Vec<Reaped> = self
             .redis
-            .script(&lua::REAP, &[&now, force.unwrap_or("")])
-            .await?;
-        if !r.nodes.is_empty() && force.is_none() {
-            tracing::warn!(nodes = ?r.nodes, offline = r.users.len(), "reaped instances whose lease expired");
+            .script_each::<Reaped>(&lua::REAP, &[&now, force.unwrap_or("")])
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if answers.is_empty() {
+            return None;
         }
-        let gone = r
-            .users
+        let mut nodes = std::collections::BTreeSet::new();
+        let mut users = Vec::new();
+        let mut rooms: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let mut left = Vec::new();
+        for r in answers {
+            nodes.extend(r.nodes);
+            users.extend(r.users);
+            for (room, user) in r.pairs {
+                rooms.entry(user).or_default().push(room);
+            }
+            left.extend(r.left);
+        }
+        if !nodes.is_empty() && force.is_none() {
+            tracing::warn!(nodes = ?nodes, offline = users.len(), "reaped instances whose lease expired");
+        }
+        let gone = users
             .into_iter()
             .map(|user_id| {
-                let rooms = r.rooms[user_id.as_str()]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let rooms = rooms.remove(&user_id).unwrap_or_default();
                 Gone { user_id, rooms }
             })
             .collect();
         Some(Reaping {
             offline: gone,
-            left: r.left,
+            left,
         })
     }
 

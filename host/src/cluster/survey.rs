@@ -147,7 +147,7 @@ impl Survey {
     /// The instances whose lease has not expired (this one included), or None when Redis
     /// does not answer.
     pub async fn live_nodes(&self) -> Option<Vec<String>> {
-        let key = self.cluster.redis.key(&["nodes"]);
+        let key = self.cluster.redis.nodes_key(0);
         let now = format!("({}", now_ms());
         self.cluster
             .redis

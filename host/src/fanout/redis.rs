@@ -30,7 +30,12 @@ struct Names {
 #[async_trait]
 impl RoomSockets for RedisRoomSockets {
     async fn joined(&self, user: &str, room: &str) {
-        let key = self.redis.key(&["node", &self.redis.node, "rooms"]);
+        // In the room's shard (see the scripts' layout).
+        let key = format!(
+            "{}:node:{}:rooms",
+            self.redis.shard_prefix(self.redis.shard_of(room)),
+            self.redis.node
+        );
         let field = room_field(user, room);
         self.redis
             .call(async |c| {
@@ -49,14 +54,31 @@ impl RoomSockets for RedisRoomSockets {
             return Some(Vec::new());
         }
         let now = now_ms().to_string();
-        let rooms_json = serde_json::to_string(rooms).ok()?;
-        let out: Names = self
-            .redis
-            .script(
-                &lua::ROOMS_LEFT,
-                &[&self.redis.node, &now, user, &rooms_json],
-            )
-            .await?;
-        Some(out.list)
+        // One call per shard of the rooms.
+        let mut by_shard: std::collections::BTreeMap<usize, Vec<&String>> = Default::default();
+        for room in rooms {
+            by_shard
+                .entry(self.redis.shard_of(room))
+                .or_default()
+                .push(room);
+        }
+        let calls = by_shard.into_iter().map(|(k, rooms)| {
+            let now = &now;
+            async move {
+                let rooms_json = serde_json::to_string(&rooms).ok()?;
+                self.redis
+                    .script_in::<Names>(
+                        k,
+                        &lua::ROOMS_LEFT,
+                        &[&self.redis.node, now, user, &rooms_json],
+                    )
+                    .await
+            }
+        });
+        let answers: Option<Vec<Names>> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect();
+        Some(answers?.into_iter().flat_map(|n| n.list).collect())
     }
 }

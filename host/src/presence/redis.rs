@@ -102,8 +102,32 @@ impl RedisPresence {
     }
 }
 
+/// What one shard holds of this instance (for a re-assert).
+#[derive(Default)]
+struct ShardState {
+    users: BTreeMap<String, u32>,
+    rooms: BTreeMap<String, u32>,
+    gone: Vec<String>,
+}
+
 fn ms(t: DateTime<Utc>) -> String {
     t.timestamp_millis().to_string()
+}
+
+/// The states the shards answered, None when none did (Redis is down: the local ones count).
+/// A shard that did not answer keeps its expiries for a later sweep.
+fn states(answers: Vec<Option<States>>) -> Option<Vec<PresenceState>> {
+    let answered: Vec<States> = answers.into_iter().flatten().collect();
+    if answered.is_empty() {
+        return None;
+    }
+    Some(
+        answered
+            .into_iter()
+            .flat_map(|s| s.list)
+            .map(Wire::state)
+            .collect(),
+    )
 }
 
 #[async_trait]
@@ -115,7 +139,11 @@ impl PresenceManager for RedisPresence {
         let node = self.redis.node.clone();
         match self
             .redis
-            .script::<Changed>(&lua::CONNECT, &[&node, user_id, &now])
+            .script_in::<Changed>(
+                self.redis.shard_of(user_id),
+                &lua::CONNECT,
+                &[&node, user_id, &now],
+            )
             .await
         {
             Some(c) if c.changed => c.state.map(Wire::state),
@@ -137,7 +165,11 @@ impl PresenceManager for RedisPresence {
         let node = self.redis.node.clone();
         match self
             .redis
-            .script::<Changed>(&lua::DISCONNECT, &[&node, user_id, &now])
+            .script_in::<Changed>(
+                self.redis.shard_of(user_id),
+                &lua::DISCONNECT,
+                &[&node, user_id, &now],
+            )
             .await
         {
             Some(c) if c.changed => Some(PresenceState::offline(user_id.to_string())),
@@ -170,7 +202,8 @@ impl PresenceManager for RedisPresence {
         };
         match self
             .redis
-            .script::<Changed>(
+            .script_in::<Changed>(
+                self.redis.shard_of(user_id),
                 &lua::UPDATE,
                 &[user_id, status.as_str(), &now, &text, &emoji, &expiry],
             )
@@ -183,14 +216,11 @@ impl PresenceManager for RedisPresence {
 
     async fn expire(&self, now: DateTime<Utc>) -> Vec<PresenceState> {
         let local = self.local.expire(now).await;
-        match self
+        let answers = self
             .redis
-            .script::<States>(&lua::EXPIRE_CUSTOM, &[&ms(now)])
-            .await
-        {
-            Some(s) => s.list.into_iter().map(Wire::state).collect(),
-            None => local,
-        }
+            .script_each::<States>(&lua::EXPIRE_CUSTOM, &[&ms(now)])
+            .await;
+        states(answers).unwrap_or(local)
     }
 
     fn counts(&self) -> PresenceCounts {
@@ -218,7 +248,11 @@ impl PresenceManager for RedisPresence {
         }
         match self
             .redis
-            .script::<Changed>(&lua::TOUCH, &[user_id, &ms(now)])
+            .script_in::<Changed>(
+                self.redis.shard_of(user_id),
+                &lua::TOUCH,
+                &[user_id, &ms(now)],
+            )
             .await
         {
             Some(c) if c.changed => c.state.map(Wire::state),
@@ -229,14 +263,11 @@ impl PresenceManager for RedisPresence {
 
     async fn idle(&self, idle_before: DateTime<Utc>) -> Vec<PresenceState> {
         let local = self.local.idle(idle_before).await;
-        match self
+        let answers = self
             .redis
-            .script::<States>(&lua::IDLE, &[&ms(idle_before), &now_ms().to_string()])
-            .await
-        {
-            Some(s) => s.list.into_iter().map(Wire::state).collect(),
-            None => local,
-        }
+            .script_each::<States>(&lua::IDLE, &[&ms(idle_before), &now_ms().to_string()])
+            .await;
+        states(answers).unwrap_or(local)
     }
 
     fn last_active(&self, user_id: &str) -> Option<DateTime<Utc>> {
@@ -253,14 +284,22 @@ impl PresenceManager for RedisPresence {
             .collect();
         let now = now_ms();
         let until = (now + self.lease.as_millis() as i64).to_string();
-        let users_json = serde_json::to_string(&users).ok()?;
-        let rooms_flat: BTreeMap<String, u32> = rooms
-            .iter()
-            .map(|((u, r), n)| (crate::cluster::room_field(u, r), *n))
-            .collect();
-        let rooms_json = serde_json::to_string(&rooms_flat).ok()?;
         let gone: Vec<String> = self.gone_offline().iter().cloned().collect();
-        let gone_json = serde_json::to_string(&gone).ok()?;
+        // Each shard gets the users and the rooms it holds (every shard is called: it also
+        // drops what it held of this instance, and renews the lease there).
+        let shards = self.redis.shards();
+        let mut split: Vec<ShardState> = (0..shards).map(|_| ShardState::default()).collect();
+        for (u, n) in &users {
+            split[self.redis.shard_of(u)].users.insert(u.clone(), *n);
+        }
+        for ((u, r), n) in rooms {
+            split[self.redis.shard_of(r)]
+                .rooms
+                .insert(crate::cluster::room_field(u, r), *n);
+        }
+        for u in &gone {
+            split[self.redis.shard_of(u)].gone.push(u.clone());
+        }
         #[derive(Deserialize)]
         struct Out {
             #[serde(default, deserialize_with = "de_list")]
@@ -269,20 +308,31 @@ impl PresenceManager for RedisPresence {
             offline: Vec<String>,
         }
         let node = self.redis.node.clone();
-        let out: Out = self
-            .redis
-            .script(
-                &lua::REASSERT,
-                &[
-                    &node,
-                    &now.to_string(),
-                    &until,
-                    &users_json,
-                    &rooms_json,
-                    &gone_json,
-                ],
-            )
-            .await?;
+        let now = now.to_string();
+        let calls = split.iter().enumerate().map(|(k, s)| {
+            let (node, now, until) = (&node, &now, &until);
+            async move {
+                let users = serde_json::to_string(&s.users).ok()?;
+                let rooms = serde_json::to_string(&s.rooms).ok()?;
+                let gone = serde_json::to_string(&s.gone).ok()?;
+                self.redis
+                    .script_in::<Out>(
+                        k,
+                        &lua::REASSERT,
+                        &[node, now, until, &users, &rooms, &gone],
+                    )
+                    .await
+            }
+        });
+        // Every shard must answer: otherwise the monitor tries again.
+        let outs: Vec<Out> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .collect::<Option<_>>()?;
+        let out = Out {
+            online: outs.iter().flat_map(|o| o.online.iter().cloned()).collect(),
+            offline: outs.into_iter().flat_map(|o| o.offline).collect(),
+        };
         {
             let mut pending = self.gone_offline();
             for u in &gone {

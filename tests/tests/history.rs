@@ -1096,3 +1096,64 @@ async fn a_graceful_stop_of_one_instance_in_a_busy_history_room_loses_nothing() 
     drop(hosts);
     redis.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_timed_out_but_landed_is_delivered_once_with_its_position() {
+    // Redis stalls (DEBUG SLEEP 0.5 s) just as a message is published: the call times out
+    // (300 ms) but the script runs when Redis wakes. The message must then keep its position
+    // and reach the other instance once, not a second time without a position.
+    let redis = nself_realtime_tests::redis::PrivateRedis::start().await;
+    let url = redis.url();
+    let db = tempfile::tempdir().expect("temp dir");
+    let sqlite = format!("sqlite://{}/h.db", db.path().display());
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let node = format!("stall-{i}");
+        hosts.push(
+            TestHost::start(&[
+                ("REALTIME_REDIS_URL", &url),
+                ("REALTIME_NODE_ID", &node),
+                ("DATABASE_URL", &sqlite),
+                ("REALTIME_HISTORY_SIZE", "100"),
+            ])
+            .await,
+        );
+    }
+    for h in &hosts {
+        let deadline = std::time::Instant::now() + ms(10_000);
+        while h.http_request("/health", &[]).await.json()["checks"]["redis"] != "ok" {
+            assert!(std::time::Instant::now() < deadline, "redis never ok");
+            tokio::time::sleep(ms(100)).await;
+        }
+    }
+    let mut a = hosts[0].joined("alice", "general").await;
+    let mut b = hosts[1].joined("bob", "general").await;
+    let first = a.send_message("general", "m1").await;
+    assert_eq!(first["data"]["offset"], 1, "{first}");
+    assert_eq!(offsets(&take(&mut b, 1).await), [1]);
+
+    let stall = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            nself_realtime_tests::redis::command(&url, &["DEBUG", "SLEEP", "0.5"]).await
+        })
+    };
+    tokio::time::sleep(ms(50)).await;
+    let second = a.send_message("general", "m2").await;
+    // (The helper's own timeout may answer first; the server sleeps all the same.)
+    let _ = stall.await.expect("stall task");
+    assert_eq!(second["success"], json!(true), "{second}");
+    assert_eq!(
+        second["data"]["offset"], 2,
+        "the stalled message kept its position: {second}"
+    );
+    let third = a.send_message("general", "m3").await;
+    assert_eq!(third["data"]["offset"], 3, "{third}");
+    let got = take(&mut b, 2).await;
+    let texts: Vec<&str> = got.iter().filter_map(|m| m["content"].as_str()).collect();
+    assert_eq!(texts, ["m2", "m3"], "once each, in order: {got:?}");
+    assert_eq!(offsets(&got), [2, 3]);
+    for mut h in hosts {
+        let _ = h.shutdown().await;
+    }
+}

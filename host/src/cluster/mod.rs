@@ -140,6 +140,9 @@ pub struct RedisConn {
     /// Cluster mode: whether the cluster has sharded pub/sub (`SPUBLISH`, Redis 7); known
     /// from the first successful check on, before [`RedisConn::up`] first says yes.
     sharded: std::sync::OnceLock<bool>,
+    /// Set when a call found Redis answering again before the monitor did: the monitor then
+    /// re-asserts this instance's state (calls skipped meanwhile may have left it behind).
+    resync: AtomicBool,
     /// Prefix of the instance-wide keys (presence, leases, typing): `P`, or `{P}` on a Redis
     /// Cluster (one hash slot: the presence scripts read and write them together).
     pub prefix: String,
@@ -157,6 +160,14 @@ impl RedisConn {
     /// Whether Redis answered the last check.
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// A call just succeeded although Redis was thought down (a passing disruption): up again,
+    /// and the monitor re-asserts this instance's state.
+    pub(crate) fn back_up(&self) {
+        if !self.set_up(true) {
+            self.resync.store(true, Ordering::Release);
+        }
     }
 
     fn set_up(&self, up: bool) -> bool {
@@ -318,7 +329,17 @@ impl RedisConn {
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Option<T> {
-        if !self.up() {
+        self.call_as(true, f).await
+    }
+
+    /// [`RedisConn::call`], or with `gated` false: tried even while Redis is thought down, and
+    /// a failure does not say so (a second look after a failed call: see the room history).
+    async fn call_as<T: FromRedisValue>(
+        &self,
+        gated: bool,
+        f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        if gated && !self.up() {
             return None;
         }
         let mut conn = self.conn()?;
@@ -326,14 +347,16 @@ impl RedisConn {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis call failed");
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                if gated && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) {
                     self.set_up(false);
                 }
                 None
             }
             Err(_) => {
                 tracing::debug!("redis call timed out");
-                self.set_up(false);
+                if gated {
+                    self.set_up(false);
+                }
                 None
             }
         }
@@ -379,8 +402,30 @@ impl RedisConn {
         script: &redis::Script,
         args: &[&str],
     ) -> Option<T> {
+        self.script_as(true, prefix, keys, script, args).await
+    }
+
+    /// [`RedisConn::script_at`] even while Redis is thought down (see [`RedisConn::call_as`]).
+    pub async fn script_at_ungated<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        keys: &[&str],
+        script: &redis::Script,
+        args: &[&str],
+    ) -> Option<T> {
+        self.script_as(false, prefix, keys, script, args).await
+    }
+
+    async fn script_as<T: DeserializeOwned>(
+        &self,
+        gated: bool,
+        prefix: &str,
+        keys: &[&str],
+        script: &redis::Script,
+        args: &[&str],
+    ) -> Option<T> {
         let json: String = self
-            .call(async |c| {
+            .call_as(gated, async |c| {
                 let mut inv = script.prepare_invoke();
                 for k in keys {
                     inv.key(*k);
@@ -636,6 +681,7 @@ impl Cluster {
             info: std::sync::Mutex::new(None),
             up: AtomicBool::new(false),
             sharded: std::sync::OnceLock::new(),
+            resync: AtomicBool::new(false),
             prefix,
             base: base.to_string(),
             tags,
@@ -706,6 +752,9 @@ impl Cluster {
             } else if !ok && was {
                 self.synced.store(false, Ordering::Release);
                 tracing::warn!("redis is unreachable: serving local clients only until it is back");
+            }
+            if self.redis.resync.swap(false, Ordering::AcqRel) {
+                self.synced.store(false, Ordering::Release);
             }
             if ok && !self.synced.load(Ordering::Acquire) && on_up().await {
                 self.synced.store(true, Ordering::Release);

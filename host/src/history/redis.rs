@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -208,6 +209,66 @@ impl RedisHistory {
             return Err(Unavailable("the room's history could not be seeded".into()));
         }
         Ok(answer)
+    }
+
+    /// A publish that failed while Redis was up (a slot moving, a failover, a slow moment) may
+    /// have landed: looks for the message among the room's newest entries, else publishes it
+    /// again; twice at most, 100 and 200 ms later. A passing disruption then neither sends the
+    /// message without a position (out of order with the numbered ones) nor numbers it twice.
+    async fn settle(
+        &self,
+        room: &str,
+        at: &str,
+        keys: &[&str],
+        args: &[&str],
+        id: &str,
+    ) -> Option<Published> {
+        for wait in [100, 200] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let now = now_ms().to_string();
+            let fresh = new_epoch();
+            let newest: Option<Range> = self
+                .redis
+                .script_at_ungated(
+                    at,
+                    keys,
+                    &lua::HISTORY_RANGE,
+                    &[
+                        room,
+                        "-",
+                        "+",
+                        &now,
+                        &i64::MAX.to_string(),
+                        "50",
+                        "1",
+                        &fresh,
+                        self.persisted(),
+                    ],
+                )
+                .await;
+            // Not answered: whether it landed is unknown, so it is not published again.
+            let Some(newest) = newest else { continue };
+            self.redis.back_up();
+            let landed = newest.list.iter().find(|(_, m)| {
+                serde_json::from_str::<Value>(m)
+                    .is_ok_and(|m| m.get("messageId").and_then(Value::as_str) == Some(id))
+            });
+            if let Some((o, _)) = landed {
+                return Some(Published {
+                    o: *o,
+                    e: newest.e,
+                    missing: false,
+                });
+            }
+            if let Some(p) = self
+                .redis
+                .script_at_ungated::<Published>(at, keys, &lua::HISTORY_PUBLISH, args)
+                .await
+            {
+                return Some(p);
+            }
+        }
+        None
     }
 
     /// The prefix of a room's keys and the keys its scripts use (meta, log).
@@ -435,11 +496,20 @@ impl History for RedisHistory {
         ];
         let (at, keys) = self.keys(room);
         let keys = [keys[0].as_str(), keys[1].as_str()];
-        let mut p: Published = self
+        let was_up = self.redis.up();
+        let first = self
             .redis
             .script_at(&at, &keys, &lua::HISTORY_PUBLISH, &args)
-            .await
-            .ok_or_else(unavailable)?;
+            .await;
+        let id = message.get("messageId").and_then(Value::as_str);
+        let mut p: Published = match (first, id) {
+            (Some(p), _) => p,
+            (None, Some(id)) if was_up => self
+                .settle(room, &at, &keys, &args, id)
+                .await
+                .ok_or_else(unavailable)?,
+            (None, _) => return Err(unavailable()),
+        };
         if p.missing {
             self.seed(room, settings).await?;
             p = self

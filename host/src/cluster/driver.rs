@@ -581,11 +581,14 @@ async fn supervise_sharded(inner: Arc<Inner>, stop: CancellationToken) {
                     check.reset_immediately();
                     continue;
                 }
-                if push.kind == redis::PushKind::SMessage
-                    && let [chan, payload] = push.data.as_slice()
-                    && let (redis::Value::BulkString(chan), redis::Value::BulkString(payload)) = (chan, payload)
-                {
-                    inner.deliver(&String::from_utf8_lossy(chan), payload.clone());
+                if push.kind == redis::PushKind::SMessage {
+                    // [channel, message]: the message is handed on without a copy.
+                    let mut data = push.data.into_iter();
+                    if let (Some(redis::Value::BulkString(chan)), Some(redis::Value::BulkString(payload))) =
+                        (data.next(), data.next())
+                    {
+                        inner.deliver(&String::from_utf8_lossy(&chan), payload);
+                    }
                 }
             }
             _ = check.tick() => {

@@ -143,6 +143,9 @@ pub struct RedisConn {
     /// Set when a call found Redis answering again before the monitor did: the monitor then
     /// re-asserts this instance's state (calls skipped meanwhile may have left it behind).
     resync: AtomicBool,
+    /// When a failed call (not the monitor) last said Redis was down (ms since the epoch; 0:
+    /// never).
+    down_by_call: std::sync::atomic::AtomicI64,
     /// Prefix of the instance-wide keys (presence, leases, typing): `P`, or `{P}` on a Redis
     /// Cluster (one hash slot: the presence scripts read and write them together).
     pub prefix: String,
@@ -160,6 +163,20 @@ impl RedisConn {
     /// Whether Redis answered the last check.
     pub fn up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Whether Redis is thought down only because a call failed within the last second (a
+    /// passing disruption, perhaps: the monitor has not looked yet).
+    pub(crate) fn briefly_down(&self) -> bool {
+        let at = self.down_by_call.load(Ordering::Acquire);
+        !self.up() && at > 0 && now_ms() - at < 1000
+    }
+
+    /// A failed call says Redis is down.
+    fn down_by_call(&self) {
+        if self.set_up(false) {
+            self.down_by_call.store(now_ms(), Ordering::Release);
+        }
     }
 
     /// A call just succeeded although Redis was thought down (a passing disruption): up again,
@@ -348,14 +365,14 @@ impl RedisConn {
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis call failed");
                 if gated && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) {
-                    self.set_up(false);
+                    self.down_by_call();
                 }
                 None
             }
             Err(_) => {
                 tracing::debug!("redis call timed out");
                 if gated {
-                    self.set_up(false);
+                    self.down_by_call();
                 }
                 None
             }
@@ -682,6 +699,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             sharded: std::sync::OnceLock::new(),
             resync: AtomicBool::new(false),
+            down_by_call: std::sync::atomic::AtomicI64::new(0),
             prefix,
             base: base.to_string(),
             tags,

@@ -496,7 +496,9 @@ impl History for RedisHistory {
         ];
         let (at, keys) = self.keys(room);
         let keys = [keys[0].as_str(), keys[1].as_str()];
-        let was_up = self.redis.up();
+        // Up, or down only since a call failed a moment ago (the first message of an outage,
+        // or a slot moving): worth settling before falling back.
+        let was_up = self.redis.up() || self.redis.briefly_down();
         let first = self
             .redis
             .script_at(&at, &keys, &lua::HISTORY_PUBLISH, &args)

@@ -180,6 +180,15 @@ impl KeysBy {
         }
         KeysBy { all }
     }
+
+    /// The (master, key, slot) of the key ending with `suffix`.
+    fn ending(&self, suffix: &str) -> (usize, String, i64) {
+        self.all
+            .iter()
+            .find(|(_, k, _)| k.ends_with(suffix))
+            .cloned()
+            .unwrap_or_else(|| panic!("a key ending with {suffix}"))
+    }
 }
 
 fn of(user: &'static str) -> impl Fn(&Value) -> bool {
@@ -292,11 +301,7 @@ async fn three_instances_share_rooms_presence_and_typing_through_a_redis_cluster
     // One user's presence keys live together: the status hash of each user sits in the slot
     // of the shard whose per-instance hash counts the user's sockets.
     for user in ["alice", "bob", "dora", "observer"] {
-        let status = keys
-            .all
-            .iter()
-            .find(|(_, k, _)| k.ends_with(&format!(":user:{user}")))
-            .unwrap_or_else(|| panic!("{user}'s status hash"));
+        let status = keys.ending(&format!(":user:{user}"));
         let counted: Vec<i64> = {
             let mut v = Vec::new();
             for (m, k, slot) in keys.all.iter().filter(|(_, k, _)| k.ends_with(":users")) {
@@ -398,12 +403,7 @@ async fn the_master_of_a_users_presence_killed_and_restarted_mid_traffic() {
 
     // The master holding bob's presence: it comes back empty.
     let keys = KeysBy::read(&c, &s.prefix).await;
-    let (owner, _, _) = keys
-        .all
-        .iter()
-        .find(|(_, k, _)| k.ends_with(":user:bob"))
-        .cloned()
-        .expect("bob's status hash");
+    let (owner, _, _) = keys.ending(":user:bob");
     c.kill(owner);
     s.wait_redis("down", ms(10_000)).await;
     // Local delivery goes on while the cluster is down.
@@ -753,12 +753,7 @@ async fn a_rooms_slot_moved_to_another_master_mid_traffic_loses_nothing() {
     let mut b = s.hosts[1].joined("bob", "general").await;
     assert!(delivered(&mut a, &mut b, "m0").await, "across instances");
     let keys = KeysBy::read(&c, &s.prefix).await;
-    let (from, meta, slot) = keys
-        .all
-        .iter()
-        .find(|(_, k, _)| k.ends_with(":hist:general:meta"))
-        .cloned()
-        .expect("the room's history keys");
+    let (from, meta, slot) = keys.ending(":hist:general:meta");
     let to = (from + 1) % 3;
 
     // Alice sends 150 messages, one after the other's ack, while the room's slot moves.
@@ -862,12 +857,7 @@ async fn a_master_fails_over_to_its_replica_mid_traffic() {
     // Kill the master of the room's shard (its history) or, if that is the prefix's master,
     // of both; its replica has the keys.
     let keys = KeysBy::read(&c, &s.prefix).await;
-    let (victim, meta, _) = keys
-        .all
-        .iter()
-        .find(|(_, k, _)| k.ends_with(":hist:general:meta"))
-        .cloned()
-        .expect("the room's history keys");
+    let (victim, meta, _) = keys.ending(":hist:general:meta");
     // Replication is asynchronous: a failover keeps what the replica has (what it has not
     // got yet is lost, as in any Redis failover). Wait until it has everything.
     let synced = Instant::now();
